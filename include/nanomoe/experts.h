@@ -1,0 +1,16 @@
+/* One expert feed-forward network, fc2(gelu(fc1(x))), on a contiguous group of tokens. */
+#ifndef NANOMOE_EXPERTS_H
+#define NANOMOE_EXPERTS_H
+
+/* ys[M, C] = gelu(xs[M, C] @ W1[C, F] + b1[F]) @ W2[F, C] + b2[C]; u[M, F] keeps
+ * the fc1 output (pre-activation) for backward; act[M, F] is scratch. */
+void nm_expert_ffn_forward(float *ys, float *u, const float *xs, const float *W1, const float *b1, const float *W2,
+                           const float *b2, int M, int C, int F, float *act);
+
+/* dxs[M, C] = gradient w.r.t. xs (WRITES); dW1, db1, dW2, db2 +=.
+ * act and du are [M, F] scratch (gelu(u) is recomputed, not stored). */
+void nm_expert_ffn_backward(float *dxs, float *dW1, float *db1, float *dW2, float *db2, const float *dys,
+                            const float *xs, const float *u, const float *W1, const float *W2, int M, int C, int F,
+                            float *act, float *du);
+
+#endif

@@ -1,0 +1,90 @@
+/* The NanoMoE model: parameters, gradients, activations, forward and backward
+ * as a flat list of op calls over per-layer views. */
+#ifndef NANOMOE_MODEL_H
+#define NANOMOE_MODEL_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "nanomoe/config.h"
+#include "nanomoe/moe.h"
+#include "nanomoe/params.h"
+#include "nanomoe/timers.h"
+
+/* Per-layer activations kept from forward for backward. */
+typedef struct nm_layer_acts {
+    float *x;            /* [N, C] residual stream entering the block */
+    float *ln1, *ln1_mean, *ln1_rstd; /* [N, C], [N], [N] */
+    float *qkv;          /* [N, 3C] */
+    float *probs;        /* [B, H, T, T] attention softmax */
+    float *att;          /* [N, C] heads concatenated, before the out projection */
+    float *x_mid;        /* [N, C] after the attention residual */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    nm_moe_acts moe;
+} nm_layer_acts;
+
+typedef struct nm_acts {
+    nm_layer_acts *layers;             /* [n_layers] */
+    float *x_final;                    /* [N, C] */
+    float *lnf, *lnf_mean, *lnf_rstd;  /* [N, C], [N], [N] */
+    float *logits;                     /* [N, V] */
+    float *losses;                     /* [N] per-token cross-entropy */
+    int32_t *ids, *targets;            /* [N] copies of the last batch */
+    /* scratch */
+    float *tmp, *dx, *dtmp, *dln;      /* [N, C] */
+    float *dqkv;                       /* [N, 3C] */
+    float *dlogits;                    /* [N, V] */
+    float *attn_scratch;               /* threads * 2 * T * T */
+    nm_moe_scratch moe;
+} nm_acts;
+
+/* How a forward pass relates to the global batch. */
+typedef struct nm_forward_opts {
+    int training;    /* dropout on */
+    uint64_t step;   /* selects the dropout masks */
+    long b_offset;   /* global index of this rank's first sequence */
+    long b_global;   /* sequences in the global batch (normalises CE and the aux statistics) */
+} nm_forward_opts;
+
+typedef struct nm_model {
+    nm_config cfg;
+    nm_param_layout layout;
+    float *params[2], *grads[2]; /* [NM_BLOCK_DENSE], [NM_BLOCK_EXPERT] */
+    nm_param_view p, g;
+    MPI_Comm comm;
+    int rank, nranks;
+    int nthreads;
+    int cap_B, cap_T;            /* activation capacity */
+    nm_acts acts;
+    /* last forward */
+    int B, T;
+    nm_forward_opts fwd;
+    double ce, aux, loss;        /* global means; loss = ce + aux_loss_coeff * aux */
+    double *aux_layer;           /* [n_layers] */
+    double *dprob;               /* [n_layers, E] d aux_layer / d router probs */
+    double *dprob_scaled;        /* the same times aux_loss_coeff: what backward uses */
+    double *stats;               /* [n_layers, 2, E] psum | top1 summed over the global batch */
+    nm_timers timers;
+} nm_model;
+
+/* Creates a model for cfg (vocab_size set) on comm, initialised from cfg->seed,
+ * with activations for B sequences of T tokens. Experts are all local for now. */
+int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int T, nm_error *err);
+void nm_model_free(nm_model *m);
+
+/* Forward on x[B, T] (B <= cap_B, T <= cap_T). With targets y, also the loss.
+ * Router statistics are combined over the ranks of comm. */
+void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o);
+
+/* Aux loss of one local sequence of the last forward, as if it were its own batch. */
+double nm_model_seq_aux(const nm_model *m, int b);
+
+void nm_model_zero_grad(nm_model *m);
+/* Adds the gradient of the last forward's loss (which must have had targets). */
+void nm_model_backward(nm_model *m);
+
+/* Model FLOPs per token (matrix products only; attention counted over the
+ * full T x T), forward only or forward + backward (3x). */
+double nm_model_flops_per_token(const nm_config *cfg, int T, int training);
+
+#endif

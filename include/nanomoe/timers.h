@@ -1,0 +1,27 @@
+/* Wall-clock time per op category, accumulated over steps (for `nanomoe bench`). */
+#ifndef NANOMOE_TIMERS_H
+#define NANOMOE_TIMERS_H
+
+typedef enum {
+    NM_T_EMBED,
+    NM_T_LAYERNORM,
+    NM_T_ATTN_PROJ,  /* qkv and out projections */
+    NM_T_ATTN_CORE,  /* scores, softmax, weighted sum */
+    NM_T_ROUTER,     /* router, permutation, combine */
+    NM_T_EXPERTS,    /* expert FFNs */
+    NM_T_RESIDUAL,   /* residual adds and dropout */
+    NM_T_HEAD,       /* final norm, head and cross-entropy */
+    NM_T_COMM,       /* MPI collectives */
+    NM_T_OPTIMIZER,
+    NM_T_DATA,
+    NM_T_COUNT
+} nm_timer_id;
+
+typedef struct nm_timers {
+    double sec[NM_T_COUNT];
+} nm_timers;
+
+const char *nm_timer_name(nm_timer_id id);
+double nm_now(void);
+
+#endif

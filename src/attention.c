@@ -1,0 +1,134 @@
+/* Causal multi-head self-attention core: per (sequence, head) two sgemms and a
+ * masked softmax, parallel over (sequence, head) with one thread per pair. */
+#include "nanomoe/attention.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "nanomoe/fastmath.h"
+#include "nanomoe/ops.h"
+
+#include <omp.h>
+
+static void apply_dropout(float *w, int T, const nm_attn_dropout *drop, int b, int h, int H) {
+    uint64_t base = (((uint64_t)(drop->b_offset + b) * (uint64_t)H + (uint64_t)h) * (uint64_t)T) * (uint64_t)T;
+    nm_dropout(w, (size_t)T * T, drop->p, drop->key, base);
+}
+
+void nm_attention_forward(float *out, float *probs, const float *qkv, int B, int T, int C, int H,
+                          const nm_attn_dropout *drop, float *scratch) {
+    int hd = C / H, ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    int use_drop = drop && drop->p > 0.0f;
+#pragma omp parallel
+    {
+        float *w = scratch + (long)omp_get_thread_num() * T * T;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            const float *q = qkv + (long)b * T * ld + h * hd;
+            const float *k = q + C, *v = q + 2 * C;
+            float *P = probs + (long)bh * T * T;
+            /* scores = q k^T, scaled after the product as the reference does */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, k, ld, 0.0f, P, T);
+            for (int i = 0; i < T; i++) {
+                float *r = P + (long)i * T;
+                float mx = r[0];
+#pragma omp simd reduction(max : mx)
+                for (int j = 1; j <= i; j++) mx = r[j] > mx ? r[j] : mx;
+                float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                for (int j = 0; j <= i; j++) {
+                    r[j] = nm_expf(r[j] - mx);
+                    s += r[j];
+                }
+                float inv = 1.0f / s;
+                for (int j = 0; j <= i; j++) r[j] *= inv;
+                /* exp(-1e9 - max) is exactly 0 in float: masked weights vanish */
+                memset(r + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            }
+            const float *Pd = P;
+            if (use_drop) {
+                memcpy(w, P, sizeof(float) * (size_t)T * T);
+                apply_dropout(w, T, drop, b, h, H);
+                Pd = w;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, Pd, T, v, ld, 0.0f,
+                        out + (long)b * T * C + h * hd, C);
+        }
+    }
+}
+
+void nm_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs, int B, int T, int C,
+                           int H, const nm_attn_dropout *drop, float *scratch) {
+    int hd = C / H, ld = 3 * C;
+    float scale = 1.0f / sqrtf((float)hd);
+    int use_drop = drop && drop->p > 0.0f;
+#pragma omp parallel
+    {
+        float *w = scratch + (long)omp_get_thread_num() * 2 * T * T;
+        float *dP = w + (long)T * T;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            long row0 = (long)b * T * ld + h * hd;
+            const float *q = qkv + row0, *k = q + C, *v = q + 2 * C;
+            float *dq = dqkv + row0, *dk = dq + C, *dv = dq + 2 * C;
+            const float *P = probs + (long)bh * T * T;
+            const float *dO = dout + (long)b * T * C + h * hd;
+            const float *Pd = P;
+            if (use_drop) {
+                memcpy(w, P, sizeof(float) * (size_t)T * T);
+                apply_dropout(w, T, drop, b, h, H);
+                Pd = w;
+            }
+            /* dV = Pd^T dO; dPd = dO V^T */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, Pd, T, dO, C, 0.0f, dv, ld);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, C, v, ld, 0.0f, dP, T);
+            if (use_drop) apply_dropout(dP, T, drop, b, h, H);
+            /* softmax backward on the causal part: dS = P (dP - <P, dP>) */
+            for (int i = 0; i < T; i++) {
+                const float *p = P + (long)i * T;
+                float *d = dP + (long)i * T;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int j = 0; j <= i; j++) dot += p[j] * d[j];
+                for (int j = 0; j <= i; j++) d[j] = p[j] * (d[j] - dot);
+                memset(d + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
+            }
+            /* dQ = scale dS K; dK = scale dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, k, ld, 0.0f, dq, ld);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, q, ld, 0.0f, dk, ld);
+        }
+    }
+}
+
+void nm_attention_decode(float *out, const float *q, const float *kcache, const float *vcache, int ld, int t, int C,
+                         int H, float *scores) {
+    int hd = C / H;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < H; h++) {
+        const float *qh = q + h * hd;
+        float mx = -INFINITY;
+        for (int j = 0; j <= t; j++) {
+            const float *kj = kcache + (long)j * ld + h * hd;
+            float s = 0.0f;
+            for (int d = 0; d < hd; d++) s += qh[d] * kj[d];
+            scores[j] = s * scale;
+            mx = scores[j] > mx ? scores[j] : mx;
+        }
+        float sum = 0.0f;
+        for (int j = 0; j <= t; j++) {
+            scores[j] = nm_expf(scores[j] - mx);
+            sum += scores[j];
+        }
+        float *oh = out + h * hd;
+        for (int d = 0; d < hd; d++) oh[d] = 0.0f;
+        for (int j = 0; j <= t; j++) {
+            const float *vj = vcache + (long)j * ld + h * hd;
+            float wj = scores[j] / sum;
+            for (int d = 0; d < hd; d++) oh[d] += wj * vj[d];
+        }
+    }
+}

@@ -1,0 +1,342 @@
+/* The NanoMoE model: forward and backward as flat lists of op calls. */
+#include "nanomoe/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nanomoe/attention.h"
+#include "nanomoe/error.h"
+#include "nanomoe/gemm.h"
+#include "nanomoe/ops.h"
+#include "nanomoe/router.h"
+
+/* Dropout sites: 0 = embeddings; per layer l: 1 + 3l (attention weights),
+ * 2 + 3l (attention output), 3 + 3l (MoE output). */
+#define SITE_EMBED 0
+#define SITE_ATTN_W(l) (1 + 3 * (uint64_t)(l))
+#define SITE_ATTN_OUT(l) (2 + 3 * (uint64_t)(l))
+#define SITE_MOE_OUT(l) (3 + 3 * (uint64_t)(l))
+
+#define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)(n)))
+
+static nm_moe_dims moe_dims(const nm_model *m, int B, int T) {
+    const nm_config *c = &m->cfg;
+    nm_moe_dims d = {B * T, T, c->d_model, c->d_ff, c->n_experts, c->top_k,
+                     m->layout.expert_begin, m->layout.expert_count};
+    return d;
+}
+
+static void acts_alloc(nm_model *m) {
+    const nm_config *c = &m->cfg;
+    int B = m->cap_B, T = m->cap_T, C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers;
+    long N = (long)B * T;
+    nm_acts *a = &m->acts;
+    nm_moe_dims d = moe_dims(m, B, T);
+    a->layers = nm_calloc((size_t)L, sizeof *a->layers);
+    for (int l = 0; l < L; l++) {
+        nm_layer_acts *la = &a->layers[l];
+        la->x = FALLOC(N * C);
+        la->ln1 = FALLOC(N * C);
+        la->ln1_mean = FALLOC(N);
+        la->ln1_rstd = FALLOC(N);
+        la->qkv = FALLOC(N * 3 * C);
+        la->probs = FALLOC((long)B * H * T * T);
+        la->att = FALLOC(N * C);
+        la->x_mid = FALLOC(N * C);
+        la->ln2 = FALLOC(N * C);
+        la->ln2_mean = FALLOC(N);
+        la->ln2_rstd = FALLOC(N);
+        nm_moe_acts_alloc(&la->moe, &d);
+    }
+    a->x_final = FALLOC(N * C);
+    a->lnf = FALLOC(N * C);
+    a->lnf_mean = FALLOC(N);
+    a->lnf_rstd = FALLOC(N);
+    a->logits = FALLOC(N * V);
+    a->losses = FALLOC(N);
+    a->ids = nm_malloc(sizeof(int32_t) * (size_t)N);
+    a->targets = nm_malloc(sizeof(int32_t) * (size_t)N);
+    a->tmp = FALLOC(N * C);
+    a->dx = FALLOC(N * C);
+    a->dtmp = FALLOC(N * C);
+    a->dln = FALLOC(N * C);
+    a->dqkv = FALLOC(N * 3 * C);
+    a->dlogits = FALLOC(N * V);
+    a->attn_scratch = FALLOC((long)m->nthreads * 2 * T * T);
+    nm_moe_scratch_alloc(&a->moe, &d);
+}
+
+static void acts_free(nm_model *m) {
+    nm_acts *a = &m->acts;
+    if (!a->layers) return;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        nm_layer_acts *la = &a->layers[l];
+        free(la->x);
+        free(la->ln1);
+        free(la->ln1_mean);
+        free(la->ln1_rstd);
+        free(la->qkv);
+        free(la->probs);
+        free(la->att);
+        free(la->x_mid);
+        free(la->ln2);
+        free(la->ln2_mean);
+        free(la->ln2_rstd);
+        nm_moe_acts_free(&la->moe);
+    }
+    free(a->layers);
+    free(a->x_final);
+    free(a->lnf);
+    free(a->lnf_mean);
+    free(a->lnf_rstd);
+    free(a->logits);
+    free(a->losses);
+    free(a->ids);
+    free(a->targets);
+    free(a->tmp);
+    free(a->dx);
+    free(a->dtmp);
+    free(a->dln);
+    free(a->dqkv);
+    free(a->dlogits);
+    free(a->attn_scratch);
+    nm_moe_scratch_free(&a->moe);
+    memset(a, 0, sizeof *a);
+}
+
+int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int T, nm_error *err) {
+    memset(m, 0, sizeof *m);
+    if (nm_config_validate(cfg, err) != 0) return -1;
+    if (cfg->vocab_size < 1) return nm_fail(err, "model: vocab_size=%d must be >= 1", cfg->vocab_size);
+    if (B < 1 || T < 1 || T > cfg->block_size)
+        return nm_fail(err, "model: activations for %d x %d tokens requested (expected B >= 1, 1 <= T <= block_size=%d)",
+                       B, T, cfg->block_size);
+    m->cfg = *cfg;
+    m->comm = comm;
+    NM_MPI_CHECK(MPI_Comm_rank(comm, &m->rank));
+    NM_MPI_CHECK(MPI_Comm_size(comm, &m->nranks));
+    m->nthreads = nm_threads_init();
+    nm_layout_init(&m->layout, cfg, 0, cfg->n_experts);
+    for (int b = 0; b < 2; b++) {
+        size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
+        m->params[b] = nm_malloc(sizeof(float) * n);
+        m->grads[b] = nm_calloc(n, sizeof(float));
+    }
+    nm_view_init(&m->p, &m->layout, cfg, m->params[0], m->params[1]);
+    nm_view_init(&m->g, &m->layout, cfg, m->grads[0], m->grads[1]);
+    nm_params_init(&m->layout, cfg->seed, m->params[0], m->params[1]);
+    m->cap_B = B;
+    m->cap_T = T;
+    acts_alloc(m);
+    m->aux_layer = nm_calloc((size_t)cfg->n_layers, sizeof(double));
+    m->dprob = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
+    m->dprob_scaled = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
+    m->stats = nm_calloc((size_t)cfg->n_layers * 2 * cfg->n_experts, sizeof(double));
+    return 0;
+}
+
+void nm_model_free(nm_model *m) {
+    acts_free(m);
+    for (int b = 0; b < 2; b++) {
+        free(m->params[b]);
+        free(m->grads[b]);
+    }
+    nm_view_free(&m->p);
+    nm_view_free(&m->g);
+    nm_layout_free(&m->layout);
+    free(m->aux_layer);
+    free(m->dprob);
+    free(m->dprob_scaled);
+    free(m->stats);
+    memset(m, 0, sizeof *m);
+}
+
+#define TIC(id) double t_##id = nm_now()
+#define TOC(id, cat) m->timers.sec[cat] += nm_now() - t_##id
+
+void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o) {
+    const nm_config *c = &m->cfg;
+    int C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
+    long N = (long)B * T;
+    if (B > m->cap_B || T > m->cap_T) NM_ABORT("forward on %d x %d exceeds the activation capacity %d x %d", B, T, m->cap_B, m->cap_T);
+    nm_acts *a = &m->acts;
+    m->B = B;
+    m->T = T;
+    m->fwd = *o;
+    float p = o->training ? (float)c->dropout_rate : 0.0f;
+    uint64_t seed = (uint64_t)c->seed;
+    /* global element index of this rank's first activation, per [N, C] site */
+    uint64_t base_nc = (uint64_t)o->b_offset * T * C;
+    nm_moe_dims d = moe_dims(m, B, T);
+
+    memcpy(a->ids, x, sizeof(int32_t) * (size_t)N);
+    if (y) memcpy(a->targets, y, sizeof(int32_t) * (size_t)N);
+    TIC(emb);
+    float *x0 = a->layers[0].x;
+    nm_embedding_forward(x0, x, m->p.tok_emb, m->p.pos_emb, B, T, C);
+    nm_dropout(x0, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_EMBED), base_nc);
+    TOC(emb, NM_T_EMBED);
+
+    for (int l = 0; l < L; l++) {
+        nm_layer_acts *la = &a->layers[l];
+        const nm_layer_view *w = &m->p.layers[l];
+        float *xout = l + 1 < L ? a->layers[l + 1].x : a->x_final;
+        TIC(ln1);
+        nm_layernorm_forward(la->ln1, la->ln1_mean, la->ln1_rstd, la->x, w->ln1_s, w->ln1_b, (int)N, C,
+                             (float)c->layer_norm_eps);
+        TOC(ln1, NM_T_LAYERNORM);
+        TIC(qkv);
+        nm_dense_forward(la->qkv, la->ln1, w->qkv_w, w->qkv_b, (int)N, C, 3 * C);
+        TOC(qkv, NM_T_ATTN_PROJ);
+        TIC(core);
+        nm_attn_dropout ad = {p, nm_dropout_key(seed, o->step, SITE_ATTN_W(l)), o->b_offset};
+        nm_attention_forward(la->att, la->probs, la->qkv, B, T, C, H, &ad, a->attn_scratch);
+        TOC(core, NM_T_ATTN_CORE);
+        TIC(out);
+        nm_dense_forward(a->tmp, la->att, w->out_w, w->out_b, (int)N, C, C);
+        TOC(out, NM_T_ATTN_PROJ);
+        TIC(res1);
+        nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_ATTN_OUT(l)), base_nc);
+        nm_add(la->x_mid, la->x, a->tmp, (size_t)N * C);
+        TOC(res1, NM_T_RESIDUAL);
+        TIC(ln2);
+        nm_layernorm_forward(la->ln2, la->ln2_mean, la->ln2_rstd, la->x_mid, w->ln2_s, w->ln2_b, (int)N, C,
+                             (float)c->layer_norm_eps);
+        TOC(ln2, NM_T_LAYERNORM);
+        TIC(moe);
+        nm_moe_forward(a->tmp, &la->moe, la->ln2, w, &d, &a->moe);
+        TOC(moe, NM_T_EXPERTS);
+        TIC(res2);
+        nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
+        nm_add(xout, la->x_mid, a->tmp, (size_t)N * C);
+        TOC(res2, NM_T_RESIDUAL);
+    }
+
+    TIC(head);
+    nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
+                         (float)c->layer_norm_eps);
+    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, (int)N, C, V);
+    double ce_sum = y ? nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V) : 0.0;
+    TOC(head, NM_T_HEAD);
+
+    /* router statistics of the whole global batch, then the aux loss per layer */
+    TIC(comm);
+    size_t ns = (size_t)L * 2 * E;
+    double *st = m->stats;
+    memset(st, 0, sizeof(double) * ns);
+    for (int l = 0; l < L; l++) {
+        const nm_moe_acts *ma = &a->layers[l].moe;
+        for (int b = 0; b < B; b++)
+            for (int e = 0; e < E; e++) {
+                st[((size_t)l * 2 + 0) * E + e] += ma->psum[(size_t)b * E + e];
+                st[((size_t)l * 2 + 1) * E + e] += ma->top1[(size_t)b * E + e];
+            }
+    }
+    double buf[2] = {ce_sum, 0.0};
+    if (m->nranks > 1) {
+        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, st, (int)ns, MPI_DOUBLE, MPI_SUM, m->comm));
+        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, 1, MPI_DOUBLE, MPI_SUM, m->comm));
+    }
+    TOC(comm, NM_T_COMM);
+    double ntok = (double)o->b_global * T;
+    m->aux = 0.0;
+    for (int l = 0; l < L; l++) {
+        m->aux_layer[l] = nm_router_aux(st + (size_t)l * 2 * E, st + ((size_t)l * 2 + 1) * E, ntok, E,
+                                        m->dprob + (size_t)l * E);
+        m->aux += m->aux_layer[l];
+        for (int e = 0; e < E; e++)
+            m->dprob_scaled[(size_t)l * E + e] = c->aux_loss_coeff * m->dprob[(size_t)l * E + e];
+    }
+    m->ce = y ? buf[0] / ntok : NAN;
+    m->loss = m->ce + c->aux_loss_coeff * m->aux;
+}
+
+double nm_model_seq_aux(const nm_model *m, int b) {
+    int E = m->cfg.n_experts;
+    double aux = 0.0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const nm_moe_acts *ma = &m->acts.layers[l].moe;
+        aux += nm_router_aux(ma->psum + (size_t)b * E, ma->top1 + (size_t)b * E, (double)m->T, E, NULL);
+    }
+    return aux;
+}
+
+void nm_model_zero_grad(nm_model *m) {
+    memset(m->grads[0], 0, sizeof(float) * m->layout.n_dense);
+    memset(m->grads[1], 0, sizeof(float) * m->layout.n_expert);
+}
+
+void nm_model_backward(nm_model *m) {
+    const nm_config *c = &m->cfg;
+    int B = m->B, T = m->T, C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
+    long N = (long)B * T;
+    size_t NC = (size_t)N * C;
+    const nm_forward_opts *o = &m->fwd;
+    nm_acts *a = &m->acts;
+    float p = o->training ? (float)c->dropout_rate : 0.0f;
+    uint64_t seed = (uint64_t)c->seed;
+    uint64_t base_nc = (uint64_t)o->b_offset * T * C;
+    nm_moe_dims d = moe_dims(m, B, T);
+    nm_param_view *g = &m->g;
+    const nm_param_view *w = &m->p;
+
+    TIC(head);
+    nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
+    memset(a->dln, 0, sizeof(float) * NC);
+    nm_dense_backward(a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, (int)N, C, V);
+    memset(a->dx, 0, sizeof(float) * NC);
+    nm_layernorm_backward(a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean, a->lnf_rstd, (int)N, C);
+    TOC(head, NM_T_HEAD);
+
+    for (int l = L - 1; l >= 0; l--) {
+        nm_layer_acts *la = &a->layers[l];
+        const nm_layer_view *lw = &w->layers[l];
+        const nm_layer_view *lg = &g->layers[l];
+        /* x_out = x_mid + dropout(moe(ln2(x_mid))) */
+        TIC(res2);
+        memcpy(a->dtmp, a->dx, sizeof(float) * NC);
+        nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
+        TOC(res2, NM_T_RESIDUAL);
+        TIC(moe);
+        memset(a->dln, 0, sizeof(float) * NC);
+        nm_moe_backward(a->dln, lg, a->dtmp, &la->moe, la->ln2, lw, m->dprob_scaled + (size_t)l * E, &d, &a->moe);
+        TOC(moe, NM_T_EXPERTS);
+        TIC(ln2);
+        nm_layernorm_backward(a->dx, lg->ln2_s, lg->ln2_b, a->dln, la->x_mid, lw->ln2_s, la->ln2_mean, la->ln2_rstd,
+                              (int)N, C);
+        TOC(ln2, NM_T_LAYERNORM);
+        /* x_mid = x + dropout(att @ Wout + bout) */
+        TIC(res1);
+        memcpy(a->dtmp, a->dx, sizeof(float) * NC);
+        nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_ATTN_OUT(l)), base_nc);
+        TOC(res1, NM_T_RESIDUAL);
+        TIC(out);
+        memset(a->dln, 0, sizeof(float) * NC);
+        nm_dense_backward(a->dln, lg->out_w, lg->out_b, a->dtmp, la->att, lw->out_w, (int)N, C, C);
+        TOC(out, NM_T_ATTN_PROJ);
+        TIC(core);
+        nm_attn_dropout ad = {p, nm_dropout_key(seed, o->step, SITE_ATTN_W(l)), o->b_offset};
+        nm_attention_backward(a->dqkv, a->dln, la->qkv, la->probs, B, T, C, H, &ad, a->attn_scratch);
+        TOC(core, NM_T_ATTN_CORE);
+        TIC(qkv);
+        memset(a->dln, 0, sizeof(float) * NC);
+        nm_dense_backward(a->dln, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, (int)N, C, 3 * C);
+        TOC(qkv, NM_T_ATTN_PROJ);
+        TIC(ln1);
+        nm_layernorm_backward(a->dx, lg->ln1_s, lg->ln1_b, a->dln, la->x, lw->ln1_s, la->ln1_mean, la->ln1_rstd,
+                              (int)N, C);
+        TOC(ln1, NM_T_LAYERNORM);
+    }
+    TIC(emb);
+    nm_dropout(a->dx, NC, p, nm_dropout_key(seed, o->step, SITE_EMBED), base_nc);
+    nm_embedding_backward(g->tok_emb, g->pos_emb, a->dx, a->ids, B, T, C);
+    TOC(emb, NM_T_EMBED);
+}
+
+double nm_model_flops_per_token(const nm_config *c, int T, int training) {
+    double C = c->d_model, F = c->d_ff, E = c->n_experts, K = c->top_k, V = c->vocab_size;
+    double per_layer = 2 * C * 3 * C + 2 * C * C + 2 * C * E + K * (2 * C * F * 2) + 2 * 2 * (double)T * C;
+    double fwd = c->n_layers * per_layer + 2 * C * V;
+    return training ? 3 * fwd : fwd;
+}
