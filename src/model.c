@@ -65,6 +65,7 @@ static void acts_alloc(nm_model *m) {
     a->dlogits = FALLOC(N * V);
     a->attn_scratch = FALLOC((long)m->nthreads * 2 * T * T);
     nm_moe_scratch_alloc(&a->moe, &d);
+    a->moe.timers = &m->timers;
 }
 
 static void acts_free(nm_model *m) {
@@ -204,9 +205,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
         nm_layernorm_forward(la->ln2, la->ln2_mean, la->ln2_rstd, la->x_mid, w->ln2_s, w->ln2_b, (int)N, C,
                              (float)c->layer_norm_eps);
         TOC(ln2, NM_T_LAYERNORM);
-        TIC(moe);
         nm_moe_forward(a->tmp, &la->moe, la->ln2, w, &d, &a->moe);
-        TOC(moe, NM_T_EXPERTS);
         TIC(res2);
         nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
         nm_add(xout, la->x_mid, a->tmp, (size_t)N * C);
@@ -298,10 +297,8 @@ void nm_model_backward(nm_model *m) {
         memcpy(a->dtmp, a->dx, sizeof(float) * NC);
         nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
         TOC(res2, NM_T_RESIDUAL);
-        TIC(moe);
         memset(a->dln, 0, sizeof(float) * NC);
         nm_moe_backward(a->dln, lg, a->dtmp, &la->moe, la->ln2, lw, m->dprob_scaled + (size_t)l * E, &d, &a->moe);
-        TOC(moe, NM_T_EXPERTS);
         TIC(ln2);
         nm_layernorm_backward(a->dx, lg->ln2_s, lg->ln2_b, a->dln, la->x_mid, lw->ln2_s, la->ln2_mean, la->ln2_rstd,
                               (int)N, C);

@@ -11,6 +11,14 @@
 
 #define PAR_MIN 16384
 
+/* Adds the time since *t0 to a timer and restarts the clock. */
+static void lap(nm_moe_scratch *s, nm_timer_id id, double *t0) {
+    if (!s->timers) return;
+    double t = nm_now();
+    s->timers->sec[id] += t - *t0;
+    *t0 = t;
+}
+
 void nm_moe_acts_alloc(nm_moe_acts *a, const nm_moe_dims *d) {
     size_t NK = (size_t)d->N * d->K;
     a->probs = nm_malloc(sizeof(float) * (size_t)d->N * d->E);
@@ -76,13 +84,16 @@ void nm_moe_plan(int32_t *slot, int32_t *count, int32_t *offset, const int32_t *
 void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_view *w, const nm_moe_dims *d,
                     nm_moe_scratch *s) {
     int N = d->N, C = d->C, F = d->F, E = d->E, K = d->K;
+    double t0 = nm_now();
     nm_router_forward(a->probs, a->topi, a->gates, a->psum, a->top1, m, w->router_w, N, C, E, K, d->seq_len);
+    lap(s, NM_T_ROUTER, &t0);
     nm_moe_plan(a->slot, a->count, a->offset, a->topi, N, K, E);
     /* permute: each (token, k) copy of m lands in its expert's group */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++)
             memcpy(a->xs + (size_t)a->slot[(long)n * K + k] * C, m + (long)n * C, sizeof(float) * (size_t)C);
+    lap(s, NM_T_PERMUTE, &t0);
     for (int le = 0; le < d->expert_count; le++) {
         int e = d->expert_begin + le;
         size_t r0 = (size_t)a->offset[e];
@@ -90,6 +101,7 @@ void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_v
                               w->fc1_b + (size_t)le * F, w->fc2_w + (size_t)le * F * C, w->fc2_b + (size_t)le * C,
                               a->count[e], C, F, s->act + r0 * F);
     }
+    lap(s, NM_T_EXPERTS, &t0);
     /* un-permute and combine with the gates */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -101,11 +113,13 @@ void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_v
             for (int c = 0; c < C; c++) o[c] += g * y[c];
         }
     }
+    lap(s, NM_T_PERMUTE, &t0);
 }
 
 void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const nm_moe_acts *a, const float *m,
                      const nm_layer_view *w, const double *dprob, const nm_moe_dims *d, nm_moe_scratch *s) {
     int N = d->N, C = d->C, F = d->F, E = d->E, K = d->K;
+    double t0 = nm_now();
     /* combine backward: gradient to each gate and to each expert output row */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -115,6 +129,7 @@ void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const
             const float *y = a->ys + r * C;
             float *dy = s->dys + r * C;
             float gate = a->gates[(long)n * K + k], dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
             for (int c = 0; c < C; c++) {
                 dot += dO[c] * y[c];
                 dy[c] = gate * dO[c];
@@ -122,6 +137,7 @@ void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const
             s->dgates[(long)n * K + k] = dot;
         }
     }
+    lap(s, NM_T_PERMUTE, &t0);
     for (int le = 0; le < d->expert_count; le++) {
         int e = d->expert_begin + le;
         size_t r0 = (size_t)a->offset[e];
@@ -130,6 +146,7 @@ void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const
                                a->xs + r0 * C, a->u + r0 * F, w->fc1_w + (size_t)le * C * F,
                                w->fc2_w + (size_t)le * F * C, a->count[e], C, F, s->act + r0 * F, s->du + r0 * F);
     }
+    lap(s, NM_T_EXPERTS, &t0);
     /* permute backward: each token gathers the gradients of its K copies */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
     for (int n = 0; n < N; n++) {
@@ -139,6 +156,8 @@ void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const
             for (int c = 0; c < C; c++) dmn[c] += dx[c];
         }
     }
+    lap(s, NM_T_PERMUTE, &t0);
     nm_router_backward(dm, g->router_w, s->dlogits, m, w->router_w, a->probs, a->topi, a->gates, s->dgates, dprob, N,
                        C, E, K);
+    lap(s, NM_T_ROUTER, &t0);
 }

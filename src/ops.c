@@ -7,6 +7,8 @@
 #include <math.h>
 #include <string.h>
 
+#include <omp.h>
+
 #include "nanomoe/fastmath.h"
 #include "nanomoe/gemm.h"
 #include "nanomoe/rng.h"
@@ -168,19 +170,43 @@ uint64_t nm_dropout_key(uint64_t seed, uint64_t step, uint64_t site) {
     return nm_rng_key(seed, DROPOUT_DOMAIN, step, site);
 }
 
+/* A 32-bit mixer (lowbias32 constants): cheap enough to vectorise with 32-bit
+ * multiplies, which is what makes per-element dropout masks affordable. */
+static inline uint32_t mix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x21f0aaadu;
+    h ^= h >> 15;
+    h *= 0x735a2d97u;
+    h ^= h >> 15;
+    return h;
+}
+
+/* The mask for elements [0, n) of a site, starting at global index base. */
+static void dropout_range(float *restrict x, size_t n, uint32_t thresh, float scale, uint64_t key, uint64_t base) {
+    uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        uint64_t g = base + i;
+        /* fold the element index (high word first) into the site key */
+        uint32_t h = mix32((uint32_t)g ^ mix32((uint32_t)(g >> 32) ^ k1) ^ k0);
+        x[i] = h >= thresh ? x[i] * scale : 0.0f;
+    }
+}
+
 void nm_dropout(float *x, size_t n, float p, uint64_t key, uint64_t base) {
     if (p <= 0.0f) return;
-    /* keep iff a 32-bit draw >= p * 2^32; one 64-bit draw serves two elements */
+    /* keep iff a 32-bit draw >= p * 2^32 */
     double t = (double)p * 4294967296.0;
     uint32_t thresh = t >= 4294967295.0 ? 0xFFFFFFFFu : (uint32_t)t;
     float scale = 1.0f / (1.0f - p);
-#pragma omp parallel for simd if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t g = base + i;
-        uint64_t h = nm_rng_u64(key, g >> 1);
-        uint32_t r = (g & 1) ? (uint32_t)(h >> 32) : (uint32_t)h;
-        x[i] = r >= thresh ? x[i] * scale : 0.0f;
+    if (n <= PAR_MIN || omp_in_parallel()) {
+        dropout_range(x, n, thresh, scale, key, base);
+        return;
     }
+    const size_t chunk = 8192;
+#pragma omp parallel for schedule(static)
+    for (size_t c0 = 0; c0 < n; c0 += chunk)
+        dropout_range(x + c0, n - c0 < chunk ? n - c0 : chunk, thresh, scale, key, base + c0);
 }
 
 void nm_add(float *out, const float *a, const float *b, size_t n) {

@@ -3,9 +3,9 @@
 
 #include <omp.h>
 
-static const char *NAMES[NM_T_COUNT] = {"embedding", "layernorm",  "attn proj", "attn core", "router+perm",
-                                        "experts",   "resid+drop", "head+loss", "comm",      "optimizer",
-                                        "data"};
+static const char *NAMES[NM_T_COUNT] = {"embedding", "layernorm", "attn proj", "attn core",
+                                        "router",    "permute",   "experts",   "resid+drop",
+                                        "head+loss", "comm",      "optimizer", "data"};
 
 const char *nm_timer_name(nm_timer_id id) { return NAMES[id]; }
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "nanomoe/params.h"
+#include "nanomoe/timers.h"
 
 /* Sizes of one MoE layer's work. */
 typedef struct nm_moe_dims {
@@ -36,6 +37,7 @@ typedef struct nm_moe_scratch {
     float *dxs, *dys;      /* [N*K, C] */
     float *dgates;         /* [N, K] */
     float *dlogits;        /* [N, E] */
+    nm_timers *timers;     /* where to add router / permute / expert times (may be NULL) */
 } nm_moe_scratch;
 
 void nm_moe_acts_alloc(nm_moe_acts *a, const nm_moe_dims *d);

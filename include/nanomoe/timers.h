@@ -7,7 +7,8 @@ typedef enum {
     NM_T_LAYERNORM,
     NM_T_ATTN_PROJ,  /* qkv and out projections */
     NM_T_ATTN_CORE,  /* scores, softmax, weighted sum */
-    NM_T_ROUTER,     /* router, permutation, combine */
+    NM_T_ROUTER,     /* router logits, top-k, gates */
+    NM_T_PERMUTE,    /* token permutation into expert groups and the gated combine */
     NM_T_EXPERTS,    /* expert FFNs */
     NM_T_RESIDUAL,   /* residual adds and dropout */
     NM_T_HEAD,       /* final norm, head and cross-entropy */

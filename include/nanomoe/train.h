@@ -1,0 +1,52 @@
+/* Training: the optimisation step, evaluation, and the loop the CLI runs. */
+#ifndef NANOMOE_TRAIN_H
+#define NANOMOE_TRAIN_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "nanomoe/adamw.h"
+#include "nanomoe/config.h"
+#include "nanomoe/data.h"
+#include "nanomoe/model.h"
+
+typedef struct nm_trainer {
+    nm_config cfg;
+    nm_model model;
+    nm_adamw opt;
+    const nm_dataset *data;
+    int64_t step;        /* completed optimisation steps */
+    int64_t tokens_seen; /* global tokens consumed by training */
+    int b0, b1;          /* this rank's sequences of the global batch */
+    int32_t *x, *y;      /* [b1 - b0, T] */
+    double grad_norm;    /* before clipping, when grad_clip > 0 */
+} nm_trainer;
+
+typedef struct nm_losses {
+    double loss, ce, aux;
+} nm_losses;
+
+/* Creates model and optimiser for cfg over data (cfg->vocab_size must match
+ * the data's vocabulary). Collective over comm. */
+int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err);
+void nm_trainer_free(nm_trainer *t);
+
+/* One step on the next global training batch: forward, backward, AdamW. */
+nm_losses nm_train_step(nm_trainer *t);
+
+/* The reference's evaluation: mean loss over eval_iters random validation
+ * batches of batch_size windows, no dropout. Deterministic in (seed, step). */
+nm_losses nm_evaluate(nm_trainer *t);
+
+/* Deterministic loss over the whole split: windows at 0, T, 2T, ... while
+ * start + T + 1 <= len; ce is the mean over all targets, aux the mean over
+ * windows of each window's own aux. m's activation capacity sets how many
+ * windows go through at once. */
+typedef struct nm_split_eval {
+    double ce, aux, loss;
+    long windows, tokens;
+} nm_split_eval;
+nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len);
+
+#endif

@@ -1,0 +1,229 @@
+/* nanomoe train CONFIG [key=value ...] */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "nanomoe/train.h"
+
+static void help(void) {
+    printf("usage: nanomoe train CONFIG [key=value ...] [--force]\n"
+           "\n"
+           "Trains a model from an INI config; any key can be overridden as key=value.\n"
+           "Rank 0 prints a progress line every log_interval steps and an eval line at step 1,\n"
+           "every eval_interval steps and at the end. out_dir receives:\n"
+           "  config.ini              the full configuration of the run\n"
+           "  metrics.csv             every progress and eval figure (kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s)\n"
+           "  ckpt_<step:08d>.h5      checkpoints every ckpt_interval steps and at the end (schema v1)\n"
+           "\n"
+           "options:\n"
+           "  --force      start even if out_dir already holds checkpoints (they are replaced)\n"
+           "  -h, --help   this help\n"
+           "\n"
+           "config keys (INI sections are for readability; a key means the same in any section):\n");
+    cli_print_keys(stdout);
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, nm_error *err) {
+    char buf[NM_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return nm_fail(err, "cannot create directory '%s': %s", buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return nm_fail(err, "out_dir '%s' is not a directory", path);
+    return 0;
+}
+
+/* First checkpoint file name found in dir, or "" */
+static void find_ckpt(const char *dir, char *name, size_t n) {
+    name[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (!strncmp(e->d_name, "ckpt_", 5) && strstr(e->d_name, ".h5")) {
+            snprintf(name, n, "%s", e->d_name);
+            break;
+        }
+    closedir(d);
+}
+
+static void commas(size_t v, char *buf, size_t n) {
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "%zu", v);
+    size_t len = strlen(tmp), o = 0;
+    for (size_t i = 0; i < len && o + 1 < n; i++) {
+        if (i && (len - i) % 3 == 0 && o + 1 < n) buf[o++] = ',';
+        buf[o++] = tmp[i];
+    }
+    buf[o] = '\0';
+}
+
+/* Setup that can fail on bad input; the same on every rank. */
+static int setup(int argc, char **argv, int force, nm_config *cfg, nm_dataset *data, nm_error *err) {
+    if (argc < 1) return nm_fail(err, "missing CONFIG (usage: nanomoe train CONFIG [key=value ...])");
+    const char *path = argv[0];
+    if (cli_config(cfg, path, argc - 1, argv + 1, err) != 0) return -1;
+    if (!cfg->out_dir[0]) {
+        char base[NM_PATH_MAX];
+        snprintf(base, sizeof base, "%s", path);
+        char *name = basename(base), *dot = strrchr(name, '.');
+        if (dot && dot != name) *dot = '\0';
+        snprintf(cfg->out_dir, sizeof cfg->out_dir, "runs/%s", name);
+    }
+    if (nm_dataset_load(data, cfg->data, NULL, err) != 0) return -1;
+    if (nm_dataset_check_windows(data, cfg->block_size, cfg->data, err) != 0) return -1;
+    cfg->vocab_size = data->vocab.size;
+    /* out_dir problems are found on rank 0 and shared */
+    int ok = 1;
+    if (nm_world_rank() == 0) {
+        if (make_dirs(cfg->out_dir, err) != 0) ok = 0;
+        char found[256];
+        if (ok && !force) {
+            find_ckpt(cfg->out_dir, found, sizeof found);
+            if (found[0]) {
+                nm_fail(err,
+                        "out_dir '%s' already holds checkpoints of an earlier run (%s); choose another out_dir=..., "
+                        "remove them, or pass --force to replace them",
+                        cfg->out_dir, found);
+                ok = 0;
+            }
+        }
+    }
+    NM_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    NM_MPI_CHECK(MPI_Bcast(err->msg, sizeof err->msg, MPI_CHAR, 0, MPI_COMM_WORLD));
+    return ok ? 0 : -1;
+}
+
+static FILE *open_metrics(const nm_config *cfg, nm_error *err) {
+    char p[NM_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/config.ini", cfg->out_dir);
+    FILE *f = fopen(p, "w");
+    if (!f) {
+        nm_fail(err, "cannot write '%s': %s", p, strerror(errno));
+        return NULL;
+    }
+    fprintf(f, "; written by nanomoe train: the full configuration of this run\n");
+    nm_config_print(cfg, f);
+    fclose(f);
+    snprintf(p, sizeof p, "%s/metrics.csv", cfg->out_dir);
+    f = fopen(p, "w");
+    if (!f) {
+        nm_fail(err, "cannot write '%s': %s", p, strerror(errno));
+        return NULL;
+    }
+    fprintf(f, "kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s\n");
+    fflush(f);
+    return f;
+}
+
+static int save(nm_trainer *t, const nm_dataset *data, nm_error *err) {
+    char p[NM_PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/ckpt_%08lld.h5", t->cfg.out_dir, (long long)t->step);
+    if (nm_ckpt_save(p, &t->model, &t->opt, &data->vocab, t->step, t->tokens_seen, err) != 0) return -1;
+    nm_log0("checkpoint %s\n", p);
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {{"force", no_argument, 0, 'f'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int force = 0, c;
+    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+        if (c == 'f') force = 1;
+        else if (c == 'h') {
+            if (nm_world_rank() == 0) help();
+            return 0;
+        } else return cli_errorf("see 'nanomoe train --help'");
+    }
+    nm_config cfg;
+    nm_dataset data;
+    nm_error err;
+    if (setup(argc - optind, argv + optind, force, &cfg, &data, &err) != 0) return cli_error(&err);
+    FILE *metrics = NULL;
+    int ok = 1;
+    if (nm_world_rank() == 0 && !(metrics = open_metrics(&cfg, &err))) ok = 0;
+    NM_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (!ok) return cli_error(&err);
+
+    nm_trainer t;
+    if (nm_trainer_init(&t, &cfg, &data, MPI_COMM_WORLD, &err) != 0) return cli_error(&err);
+    nm_param_counts pc = nm_param_count(&cfg);
+    char a[32], b[32], d[32], e[32];
+    commas(pc.total, a, sizeof a);
+    commas(pc.dense, b, sizeof b);
+    commas(pc.experts, d, sizeof d);
+    commas(pc.active_per_token, e, sizeof e);
+    int T = cfg.block_size;
+    long tok_step = (long)cfg.batch_size * T;
+    nm_log0("nanomoe train: out_dir %s\n", cfg.out_dir);
+    nm_log0("data %s: %zu characters, vocab %d, train %zu, val %zu\n", cfg.data, data.n_tokens, data.vocab.size,
+            data.n_train, data.n_tokens - data.n_train);
+    nm_log0("model: %s parameters (dense %s, experts %s; active per token %s)\n", a, b, d, e);
+    nm_log0("training: %d steps of %d x %d = %ld tokens, lr %.1e (%s), %d rank(s) x %d thread(s)\n", cfg.max_iters,
+            cfg.batch_size, T, tok_step, cfg.learning_rate, cfg.lr_schedule, t.model.nranks, t.model.nthreads);
+
+    double t_start = nm_now(), t_train = 0.0, t_interval = 0.0;
+    int interval_steps = 0, rc = 0;
+    for (int step = 1; step <= cfg.max_iters; step++) {
+        double t0 = nm_now();
+        nm_losses l = nm_train_step(&t);
+        double dt = nm_now() - t0;
+        t_train += dt;
+        t_interval += dt;
+        interval_steps++;
+        double lr = nm_lr_at(&cfg, step);
+        if (step % cfg.log_interval == 0 || step == 1 || step == cfg.max_iters) {
+            double tps = interval_steps * tok_step / t_interval;
+            char eta[32];
+            cli_duration(t_train / step * (cfg.max_iters - step), eta, sizeof eta);
+            nm_log0("step %d/%d | loss %.4f | ce %.4f | aux %.4f | lr %.1e | %.0f tok/s | eta %s\n", step,
+                    cfg.max_iters, l.loss, l.ce, l.aux, lr, tps, eta);
+            if (metrics) {
+                fprintf(metrics, "train,%d,%.6f,%.6f,%.6f,%.6g,%.1f,%.3f\n", step, l.loss, l.ce, l.aux, lr, tps,
+                        nm_now() - t_start);
+                fflush(metrics);
+            }
+            t_interval = 0.0;
+            interval_steps = 0;
+        }
+        if (cfg.eval_interval > 0 && (step == 1 || step % cfg.eval_interval == 0 || step == cfg.max_iters)) {
+            nm_losses v = nm_evaluate(&t);
+            nm_log0("eval step %d | val %.4f | ce %.4f | aux %.4f\n", step, v.loss, v.ce, v.aux);
+            if (metrics) {
+                fprintf(metrics, "eval,%d,%.6f,%.6f,%.6f,%.6g,,%.3f\n", step, v.loss, v.ce, v.aux, lr,
+                        nm_now() - t_start);
+                fflush(metrics);
+            }
+        }
+        if ((cfg.ckpt_interval > 0 && step % cfg.ckpt_interval == 0) || step == cfg.max_iters) {
+            if (save(&t, &data, &err) != 0) {
+                rc = cli_error(&err);
+                break;
+            }
+        }
+    }
+    if (rc == 0) {
+        char tot[32];
+        cli_duration(nm_now() - t_start, tot, sizeof tot);
+        nm_log0("done: %d steps in %s, %.0f tok/s over training steps\n", cfg.max_iters, tot,
+                (double)cfg.max_iters * tok_step / t_train);
+    }
+    if (metrics) fclose(metrics);
+    nm_trainer_free(&t);
+    nm_dataset_free(&data);
+    return rc;
+}

@@ -1,0 +1,134 @@
+/* Training step and evaluation. */
+#include "nanomoe/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nanomoe/error.h"
+
+int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err) {
+    memset(t, 0, sizeof *t);
+    t->cfg = *cfg;
+    t->data = data;
+    if (cfg->vocab_size != data->vocab.size)
+        return nm_fail(err, "vocab_size=%d does not match the data's %d characters", cfg->vocab_size, data->vocab.size);
+    int rank, size;
+    NM_MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    NM_MPI_CHECK(MPI_Comm_size(comm, &size));
+    /* contiguous slices of the global batch, one per rank */
+    t->b0 = (int)((long)cfg->batch_size * rank / size);
+    t->b1 = (int)((long)cfg->batch_size * (rank + 1) / size);
+    int B = t->b1 - t->b0 > 0 ? t->b1 - t->b0 : 1;
+    if (nm_model_create(&t->model, cfg, comm, B, cfg->block_size, err) != 0) return -1;
+    nm_adamw_init(&t->opt, &t->model.layout, cfg);
+    size_t n = (size_t)B * cfg->block_size;
+    t->x = nm_malloc(sizeof(int32_t) * n);
+    t->y = nm_malloc(sizeof(int32_t) * n);
+    return 0;
+}
+
+void nm_trainer_free(nm_trainer *t) {
+    nm_adamw_free(&t->opt);
+    nm_model_free(&t->model);
+    free(t->x);
+    free(t->y);
+    memset(t, 0, sizeof *t);
+}
+
+/* Global L2 norm of the gradient, for clipping. */
+static double grad_norm(nm_model *m) {
+    double s = 0.0;
+    for (int b = 0; b < 2; b++) {
+        size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
+        const float *g = m->grads[b];
+        for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+    }
+    return sqrt(s);
+}
+
+static void scale_grads(nm_model *m, float s) {
+    for (int b = 0; b < 2; b++) {
+        size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
+        float *g = m->grads[b];
+        for (size_t i = 0; i < n; i++) g[i] *= s;
+    }
+}
+
+nm_losses nm_train_step(nm_trainer *t) {
+    nm_model *m = &t->model;
+    const nm_config *c = &t->cfg;
+    int T = c->block_size, B = t->b1 - t->b0;
+    uint64_t step = (uint64_t)t->step + 1;
+    double t0 = nm_now();
+    nm_batch_sample(t->data->tokens, t->data->n_train, T, (uint64_t)c->seed, NM_STREAM_TRAIN, step, t->b0, t->b1,
+                    t->x, t->y);
+    m->timers.sec[NM_T_DATA] += nm_now() - t0;
+    nm_forward_opts o = {.training = 1, .step = step, .b_offset = t->b0, .b_global = c->batch_size};
+    nm_model_forward(m, t->x, t->y, B, T, &o);
+    nm_model_zero_grad(m);
+    nm_model_backward(m);
+    double t1 = nm_now();
+    if (c->grad_clip > 0.0) {
+        t->grad_norm = grad_norm(m);
+        if (t->grad_norm > c->grad_clip) scale_grads(m, (float)(c->grad_clip / t->grad_norm));
+    }
+    nm_adamw_update(&t->opt, &m->layout, m->params, m->grads, nm_lr_at(c, (int64_t)step));
+    m->timers.sec[NM_T_OPTIMIZER] += nm_now() - t1;
+    t->step = (int64_t)step;
+    t->tokens_seen += (int64_t)c->batch_size * T;
+    nm_losses r = {m->loss, m->ce, m->aux};
+    return r;
+}
+
+nm_losses nm_evaluate(nm_trainer *t) {
+    nm_model *m = &t->model;
+    const nm_config *c = &t->cfg;
+    int T = c->block_size, B = t->b1 - t->b0;
+    const int32_t *val = t->data->tokens + t->data->n_train;
+    size_t nval = t->data->n_tokens - t->data->n_train;
+    nm_losses sum = {0, 0, 0};
+    for (int i = 0; i < c->eval_iters; i++) {
+        /* sequence ids i*B_global + b keep eval batches distinct and rank-count independent */
+        long g0 = (long)i * c->batch_size;
+        nm_batch_sample(val, nval, T, (uint64_t)c->seed, NM_STREAM_EVAL, (uint64_t)t->step, (int)(g0 + t->b0),
+                        (int)(g0 + t->b1), t->x, t->y);
+        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = t->b0, .b_global = c->batch_size};
+        nm_model_forward(m, t->x, t->y, B, T, &o);
+        sum.loss += m->loss;
+        sum.ce += m->ce;
+        sum.aux += m->aux;
+    }
+    sum.loss /= c->eval_iters;
+    sum.ce /= c->eval_iters;
+    sum.aux /= c->eval_iters;
+    return sum;
+}
+
+nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len) {
+    int T = m->cfg.block_size, cap = m->cap_B;
+    long nw = len >= (size_t)T + 1 ? (long)((len - (size_t)T - 1) / (size_t)T) + 1 : 0;
+    int32_t *x = nm_malloc(sizeof(int32_t) * (size_t)cap * T), *y = nm_malloc(sizeof(int32_t) * (size_t)cap * T);
+    double ce = 0.0, aux = 0.0;
+    for (long w0 = 0; w0 < nw; w0 += cap) {
+        int B = (int)(nw - w0 < cap ? nw - w0 : cap);
+        for (int b = 0; b < B; b++) {
+            size_t s = (size_t)(w0 + b) * T;
+            memcpy(x + (size_t)b * T, tokens + s, sizeof(int32_t) * (size_t)T);
+            memcpy(y + (size_t)b * T, tokens + s + 1, sizeof(int32_t) * (size_t)T);
+        }
+        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = w0, .b_global = B};
+        nm_model_forward(m, x, y, B, T, &o);
+        for (long i = 0; i < (long)B * T; i++) ce += m->acts.losses[i];
+        for (int b = 0; b < B; b++) aux += nm_model_seq_aux(m, b);
+    }
+    free(x);
+    free(y);
+    nm_split_eval r = {0};
+    r.windows = nw;
+    r.tokens = nw * T;
+    r.ce = nw ? ce / (double)r.tokens : NAN;
+    r.aux = nw ? aux / (double)nw : NAN;
+    r.loss = r.ce + m->cfg.aux_loss_coeff * r.aux;
+    return r;
+}
