@@ -11,6 +11,49 @@
 
 #include <omp.h>
 
+/* Row lengths are rounded up to whole SIMD vectors with the masked part
+ * selected out, so the loops run without scalar remainders. */
+#define VEC 16
+
+static inline int padded(int i, int T) {
+    int n = (i / VEC + 1) * VEC;
+    return n < T ? n : T;
+}
+
+/* Softmax of r[0..i], zeros after: masked scores (-1e9 in the reference)
+ * have weight exp(-1e9 - max) = 0 exactly in float. */
+static void causal_softmax_row(float *restrict r, int i, int T) {
+    int n = padded(i, T);
+    float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < n; j++) {
+        float v = j <= i ? r[j] : -INFINITY;
+        mx = v > mx ? v : mx;
+    }
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int j = 0; j < n; j++) {
+        float e = j <= i ? nm_expf(r[j] - mx) : 0.0f;
+        r[j] = e;
+        s += e;
+    }
+    float inv = 1.0f / s;
+#pragma omp simd
+    for (int j = 0; j < n; j++) r[j] *= inv;
+    if (n < T) memset(r + n, 0, sizeof(float) * (size_t)(T - n));
+}
+
+/* d[j] = p[j] (d[j] - <p, d>) over the causal part; p is zero beyond i. */
+static void causal_softmax_backward_row(float *restrict d, const float *restrict p, int i, int T) {
+    int n = padded(i, T);
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < n; j++) dot += p[j] * d[j];
+#pragma omp simd
+    for (int j = 0; j < n; j++) d[j] = p[j] * (d[j] - dot);
+    if (n < T) memset(d + n, 0, sizeof(float) * (size_t)(T - n));
+}
+
 static void apply_dropout(float *w, int T, const nm_attn_dropout *drop, int b, int h, int H) {
     uint64_t base = (((uint64_t)(drop->b_offset + b) * (uint64_t)H + (uint64_t)h) * (uint64_t)T) * (uint64_t)T;
     nm_dropout(w, (size_t)T * T, drop->p, drop->key, base);
@@ -32,22 +75,7 @@ void nm_attention_forward(float *out, float *probs, const float *qkv, int B, int
             float *P = probs + (long)bh * T * T;
             /* scores = q k^T, scaled after the product as the reference does */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, ld, k, ld, 0.0f, P, T);
-            for (int i = 0; i < T; i++) {
-                float *r = P + (long)i * T;
-                float mx = r[0];
-#pragma omp simd reduction(max : mx)
-                for (int j = 1; j <= i; j++) mx = r[j] > mx ? r[j] : mx;
-                float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                for (int j = 0; j <= i; j++) {
-                    r[j] = nm_expf(r[j] - mx);
-                    s += r[j];
-                }
-                float inv = 1.0f / s;
-                for (int j = 0; j <= i; j++) r[j] *= inv;
-                /* exp(-1e9 - max) is exactly 0 in float: masked weights vanish */
-                memset(r + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
-            }
+            for (int i = 0; i < T; i++) causal_softmax_row(P + (long)i * T, i, T);
             const float *Pd = P;
             if (use_drop) {
                 memcpy(w, P, sizeof(float) * (size_t)T * T);
@@ -88,15 +116,7 @@ void nm_attention_backward(float *dqkv, const float *dout, const float *qkv, con
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, C, v, ld, 0.0f, dP, T);
             if (use_drop) apply_dropout(dP, T, drop, b, h, H);
             /* softmax backward on the causal part: dS = P (dP - <P, dP>) */
-            for (int i = 0; i < T; i++) {
-                const float *p = P + (long)i * T;
-                float *d = dP + (long)i * T;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int j = 0; j <= i; j++) dot += p[j] * d[j];
-                for (int j = 0; j <= i; j++) d[j] = p[j] * (d[j] - dot);
-                memset(d + i + 1, 0, sizeof(float) * (size_t)(T - i - 1));
-            }
+            for (int i = 0; i < T; i++) causal_softmax_backward_row(dP + (long)i * T, P + (long)i * T, i, T);
             /* dQ = scale dS K; dK = scale dS^T Q */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, k, ld, 0.0f, dq, ld);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, q, ld, 0.0f, dk, ld);

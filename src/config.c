@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define OFF(field) offsetof(nm_config, field)
 #define SZ(field) sizeof(((nm_config *)0)->field)
@@ -175,27 +176,57 @@ typedef struct {
     nm_error *err;
     const char *path;
     int failed;
+    FILE *file;
+    int line;      /* lines read so far */
+    int long_line; /* first line that did not fit libinih's buffer, 0 if none */
+    int buf_size;
 } ini_ctx;
 
 static int on_ini_pair(void *user, const char *section, const char *name, const char *value) {
     ini_ctx *ctx = user;
     (void)section;
-    if (ctx->failed) return 1; /* keep only the first error */
+    if (ctx->failed || ctx->long_line) return 1; /* keep only the first error */
     nm_error e;
     if (nm_config_set(ctx->cfg, name, value, &e) != 0) {
         ctx->failed = 1;
         nm_fail(ctx->err, "%s: %s", ctx->path, e.msg);
-        return 1;
     }
     return 1;
 }
 
+/* fgets for libinih that notices lines longer than its fixed buffer (which it
+ * would otherwise split silently into two lines). */
+static char *ini_read_line(char *str, int num, void *stream) {
+    ini_ctx *ctx = stream;
+    if (!fgets(str, num, ctx->file)) return NULL;
+    ctx->line++;
+    size_t n = strlen(str);
+    if (n + 1 == (size_t)num && str[n - 1] != '\n') {
+        int ch = fgetc(ctx->file);
+        if (ch == EOF || ch == '\n') return str; /* it fitted exactly */
+        while (ch != EOF && ch != '\n') ch = fgetc(ctx->file);
+        const char *p = str;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p == ';' || *p == '#') return str; /* the start of a comment is still a comment */
+        if (!ctx->long_line) ctx->long_line = ctx->line;
+        ctx->buf_size = num;
+        str[0] = '\0'; /* hand libinih an empty line instead of half of one */
+    }
+    return str;
+}
+
 int nm_config_load_ini(nm_config *c, const char *path, nm_error *err) {
+    struct stat st;
+    if (stat(path, &st) != 0) return nm_fail(err, "cannot read config file '%s': %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return nm_fail(err, "config file '%s' is not a regular file", path);
     FILE *f = fopen(path, "r");
     if (!f) return nm_fail(err, "cannot read config file '%s': %s", path, strerror(errno));
-    ini_ctx ctx = {c, err, path, 0};
-    int rc = ini_parse_file(f, on_ini_pair, &ctx);
+    ini_ctx ctx = {c, err, path, 0, f, 0, 0, 0};
+    int rc = ini_parse_stream(ini_read_line, &ctx, on_ini_pair, &ctx);
     fclose(f);
+    if (ctx.long_line)
+        return nm_fail(err, "%s:%d: line longer than %d characters (the INI parser's limit; give long values on the "
+                       "command line as key=value)", path, ctx.long_line, ctx.buf_size - 2);
     if (ctx.failed) return -1;
     if (rc > 0) return nm_fail(err, "%s:%d: syntax error (expected 'key = value', '[section]' or a ; comment)", path, rc);
     if (rc != 0) return nm_fail(err, "cannot parse config file '%s'", path);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "nanomoe/rng.h"
 
@@ -58,6 +59,9 @@ int nm_vocab_encode(const nm_vocab *v, const unsigned char *text, size_t n, int3
 
 int nm_dataset_load(nm_dataset *d, const char *path, const nm_vocab *vocab, nm_error *err) {
     memset(d, 0, sizeof *d);
+    struct stat st;
+    if (stat(path, &st) != 0) return nm_fail(err, "data: cannot read '%s': %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return nm_fail(err, "data: '%s' is not a regular file (expected a text file)", path);
     FILE *f = fopen(path, "rb");
     if (!f) return nm_fail(err, "data: cannot read '%s': %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) {

@@ -691,15 +691,17 @@ static int load_tiny(nm_config *cfg) {
     return 0;
 }
 
-static void test_model(double dropout, int training, uint64_t step, long b_offset, long b_global) {
+static void test_model(const char *label, double dropout, double aux_coeff, int training, uint64_t step,
+                       long b_offset, long b_global) {
     nm_config cfg;
     load_tiny(&cfg);
     cfg.dropout_rate = dropout;
+    cfg.aux_loss_coeff = aux_coeff;
     int B = 2, T = 16, V = cfg.vocab_size;
-    printf("whole model: d_model %d, n_layers %d, n_heads %d, d_ff %d, E %d, K %d, V %d; B=%d T=%d; dropout %g "
-           "training=%d step=%llu b_offset=%ld b_global=%ld\n",
-           cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.n_experts, cfg.top_k, V, B, T, dropout, training,
-           (unsigned long long)step, b_offset, b_global);
+    printf("whole model [%s]: d_model %d, n_layers %d, n_heads %d, d_ff %d, E %d, K %d, V %d; B=%d T=%d; "
+           "dropout %g, aux_loss_coeff %g, training=%d step=%llu b_offset=%ld b_global=%ld\n",
+           label, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.n_experts, cfg.top_k, V, B, T, dropout,
+           aux_coeff, training, (unsigned long long)step, b_offset, b_global);
     CHECK(cfg.d_model == 32 && cfg.n_layers == 2 && cfg.n_heads == 2 && cfg.d_ff == 64 && cfg.n_experts == 4 &&
               cfg.top_k == 2 && cfg.block_size == 32,
           "configs/tiny.ini no longer has the expected model shape");
@@ -741,48 +743,27 @@ static void test_model(double dropout, int training, uint64_t step, long b_offse
      * rounding of ~1e-7 relative, i.e. fd noise of ~1e-6..1e-5 at h = 1e-2, so
      * elements are measured against an absolute floor of 2e-4 (two decades
      * above that noise, a few percent of the typical gradient). */
-    if (getenv("GC_DEBUG")) { /* "tensor-name:index": fd at a range of steps */
-        char nmx[128];
-        snprintf(nmx, sizeof nmx, "%s", getenv("GC_DEBUG"));
-        char *colon = strchr(nmx, ':');
-        *colon = 0;
-        int ti = nm_param_find(&m.layout, nmx);
-        size_t j = (size_t)atol(colon + 1);
-        float *w = nm_param_ptr(&m.layout, ti, m.params[0], m.params[1]);
-        float gj = g[m.layout.info[ti].block][m.layout.info[ti].offset + j];
-        float x0 = w[j];
-        for (double hh = 1e-5; hh < 0.2; hh *= 2) {
-            double L[4], hs[4] = {hh, -hh, 2 * hh, -2 * hh};
-            float xs[4];
-            int bad = 0;
-            for (int q = 0; q < 4; q++) {
-                xs[q] = (float)(x0 + hs[q]);
-                w[j] = xs[q];
-                L[q] = model_obj(&c);
-                bad |= isnan(L[q]);
-            }
-            w[j] = x0;
-            double f2 = (L[0] - L[1]) / ((double)xs[0] - xs[1]), f4 = (L[2] - L[3]) / ((double)xs[2] - xs[3]);
-            printf("h %.2e  fd2 %.6e  fd4 %.6e  backward %.6e %s\n", hh, f2, (4 * f2 - f4) / 3, gj, bad ? "FLIP" : "");
-        }
-    }
-    gc_opts o = {1e-2, 5e-2, 1e-2, 1e-4, 0.9, 4, 3};
-    if (getenv("GC_H0")) o.h0 = atof(getenv("GC_H0"));
-    if (getenv("GC_TOL")) o.tol = atof(getenv("GC_TOL"));
-    if (getenv("GC_FLOOR")) o.abs_floor = atof(getenv("GC_FLOOR"));
-    int nsamp = getenv("GC_NS") ? atoi(getenv("GC_NS")) : 4;
-    int total_checked_tensors = 0;
+    gc_opts o = {1e-2, 3e-2, 1e-2, 5e-5, 0.75, 4, 3};
+    int nsamp = getenv("GC_NS") ? atoi(getenv("GC_NS")) : 4; /* GC_NS=30: a deeper (slower) check */
+    int total_checked_tensors = 0, n_checked = 0, n_skipped = 0;
     for (int i = 0; i < m.layout.n; i++) {
         const nm_param_info *pi = &m.layout.info[i];
         float *w = nm_param_ptr(&m.layout, i, m.params[0], m.params[1]);
         const float *gi = g[pi->block] + pi->offset;
         size_t n = pi->count;
         if (strcmp(pi->name, "embed/positions") == 0) n = (size_t)T * cfg.d_model; /* rows >= T unused */
-        char nm[80];
-        snprintf(nm, sizeof nm, "model%s %s", dropout > 0 ? "+dropout" : "", pi->name);
+        char nm[160];
+        snprintf(nm, sizeof nm, "%s %s", label, pi->name);
         gradcheck(nm, w, gi, n, pick_some(gi, n, nsamp, nsamp), model_obj, &c, &o);
         total_checked_tensors++;
+        n_checked += g_res[g_nres - 1].checked;
+        n_skipped += g_res[g_nres - 1].skipped;
     }
+    /* a flip that persists down to h/64 means a router logit gap below ~1e-4:
+     * rare, and the great majority must be checked */
+    printf("  %d elements checked, %d skipped\n", n_checked, n_skipped);
+    CHECK(n_checked >= 20 * cfg.n_layers * 13 / 2 && n_skipped * 20 <= n_checked,
+          "%s: %d elements checked, %d skipped (need >= 95%% checked)", label, n_checked, n_skipped);
     CHECK(total_checked_tensors == m.layout.n, "only %d of %d tensors checked", total_checked_tensors, m.layout.n);
     /* positions beyond T get no gradient */
     double beyond = 0.0;
@@ -810,12 +791,20 @@ int main(int argc, char **argv) {
     test_router_case("gates + aux", 1.0, 0.3);
     test_expert_ffn();
     test_moe();
-    test_model(0.0, 1, 1, 0, 2);
-    test_model(0.1, 1, 7, 2, 4);
+    test_model("model", 0.0, 0.01, 1, 1, 0, 2);
+    /* dropout on: masks are a function of (seed, step, site, global index), so
+     * L is a fixed smooth function of the parameters; b_offset 2 of b_global 4
+     * is what rank 1 of 2 sees */
+    test_model("model+dropout", 0.1, 0.01, 1, 7, 2, 4);
+    /* aux_loss_coeff 0.01 makes the aux part of the router gradients ~2e-4 of
+     * the total, below fd resolution; at 10 it is ~20%, so the model-level
+     * wiring of the aux gradient (dprob scaling per layer) is checked too */
+    test_model("model+aux10", 0.0, 10.0, 1, 1, 0, 2);
 
     printf("\nsummary: largest relative error per backward\n");
     const char *groups[] = {"embedding", "layernorm", "dense", "gelu", "crossentropy", "attention dqkv (p=0)",
-                            "attention dqkv (p=0.1)", "router", "expert_ffn", "moe", "model ", "model+dropout"};
+                            "attention dqkv (p=0.1)", "router", "expert_ffn", "moe", "model ", "model+dropout",
+                            "model+aux10"};
     for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++) {
         double w = 0.0;
         int n = 0, sk = 0;

@@ -53,11 +53,12 @@ int cmd_eval(int argc, char **argv) {
         return cli_error(&err);
     }
     size_t nval = data.n_tokens - data.n_train;
-    if (nval < (size_t)m.cfg.block_size + 1) {
+    int T = m.cfg.block_size;
+    if (nval < (size_t)T + 1) {
         nm_model_free(&m);
         nm_dataset_free(&data);
         return cli_errorf("data '%s': validation split has %zu tokens, fewer than block_size + 1 = %d", data_path, nval,
-                          m.cfg.block_size + 1);
+                          T + 1);
     }
     nm_split_eval r = nm_evaluate_split(&m, data.tokens + data.n_train, nval);
     nm_log0("ce %.8f aux %.8f loss %.8f windows %ld tokens %ld\n", r.ce, r.aux, r.loss, r.windows, r.tokens);
