@@ -62,7 +62,7 @@ static void write_tensor(hid_t file, hid_t lcpl, hid_t dxpl, const char *path, c
     if (p->block == NM_BLOCK_EXPERT) {
         start[0] = (hsize_t)m->layout.expert_begin;
         count[0] = (hsize_t)m->layout.expert_count;
-        writes = m->layout.expert_count > 0;
+        writes = m->layout.expert_writer && m->layout.expert_count > 0;
     } else {
         writes = m->rank == 0;
     }

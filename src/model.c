@@ -118,7 +118,9 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
     NM_MPI_CHECK(MPI_Comm_rank(comm, &m->rank));
     NM_MPI_CHECK(MPI_Comm_size(comm, &m->nranks));
     m->nthreads = nm_threads_init();
+    /* every rank holds every expert for now; rank 0 writes them */
     nm_layout_init(&m->layout, cfg, 0, cfg->n_experts);
+    m->layout.expert_writer = m->rank == 0;
     for (int b = 0; b < 2; b++) {
         size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
         m->params[b] = nm_malloc(sizeof(float) * n);

@@ -7,8 +7,11 @@
 #include <math.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <omp.h>
+#include <stdlib.h>
 
+#include "nanomoe/error.h"
 #include "nanomoe/fastmath.h"
 #include "nanomoe/gemm.h"
 #include "nanomoe/rng.h"
@@ -119,14 +122,39 @@ void nm_dense_forward(float *out, const float *inp, const float *W, const float 
     nm_gemm(0, 0, N, Dout, Din, 1.0f, inp, Din, W, Dout, b ? 1.0f : 0.0f, out, Dout);
 }
 
-void nm_colsum_add(float *db, const float *dout, int N, int Dout) {
-#pragma omp parallel for schedule(static) if ((long)N * Dout > PAR_MIN)
-    for (int j0 = 0; j0 < Dout; j0 += 16) {
-        int j1 = j0 + 16 < Dout ? j0 + 16 : Dout;
-        for (int n = 0; n < N; n++) {
-            const float *d = dout + (long)n * Dout;
-            for (int o = j0; o < j1; o++) db[o] += d[o];
+/* A vector of ones for column sums as matrix-vector products; it only grows,
+ * so after the first step of a run nothing is allocated. */
+static float *ones_vec(size_t n) {
+    static float *ones = NULL;
+    static size_t have = 0;
+    float *r;
+#pragma omp critical(nm_ones)
+    {
+        if (have < n) {
+            float *p = realloc(ones, sizeof(float) * n);
+            if (!p) NM_ABORT("out of memory allocating %zu floats", n);
+            for (size_t i = have; i < n; i++) p[i] = 1.0f;
+            ones = p;
+            have = n;
         }
+        r = ones;
+    }
+    return r;
+}
+
+void nm_colsum_add(float *db, const float *dout, int N, int Dout) {
+    if (N <= 0) return;
+    /* db += dout^T 1: sgemv reads the rows contiguously (3-10x faster than a
+     * strided loop here); threads take column ranges, so every column is
+     * summed in the same order whatever the thread count */
+    const float *ones = ones_vec((size_t)N);
+    int nt = omp_in_parallel() || (long)N * Dout < PAR_MIN ? 1 : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        int id = omp_get_thread_num(), n = omp_get_num_threads();
+        int per = ((Dout + n - 1) / n + 15) / 16 * 16;
+        int j0 = id * per, j1 = j0 + per < Dout ? j0 + per : Dout;
+        if (j0 < j1) cblas_sgemv(CblasRowMajor, CblasTrans, N, j1 - j0, 1.0f, dout + j0, Dout, ones, 1, 1.0f, db + j0, 1);
     }
 }
 

@@ -16,10 +16,13 @@ int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data,
     int rank, size;
     NM_MPI_CHECK(MPI_Comm_rank(comm, &rank));
     NM_MPI_CHECK(MPI_Comm_size(comm, &size));
+    if (cfg->batch_size < size)
+        return nm_fail(err, "config: batch_size=%d must be >= the number of ranks (%d): each rank takes a slice of the "
+                       "global batch", cfg->batch_size, size);
     /* contiguous slices of the global batch, one per rank */
     t->b0 = (int)((long)cfg->batch_size * rank / size);
     t->b1 = (int)((long)cfg->batch_size * (rank + 1) / size);
-    int B = t->b1 - t->b0 > 0 ? t->b1 - t->b0 : 1;
+    int B = t->b1 - t->b0;
     if (nm_model_create(&t->model, cfg, comm, B, cfg->block_size, err) != 0) return -1;
     nm_adamw_init(&t->opt, &t->model.layout, cfg);
     size_t n = (size_t)B * cfg->block_size;
@@ -68,6 +71,14 @@ nm_losses nm_train_step(nm_trainer *t) {
     nm_model_forward(m, t->x, t->y, B, T, &o);
     nm_model_zero_grad(m);
     nm_model_backward(m);
+    if (m->nranks > 1) {
+        /* data parallel: each rank's gradient is already scaled by the global
+         * token count, so the sum over ranks is the gradient of the global loss */
+        double tc = nm_now();
+        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->grads[0], (int)m->layout.n_dense, MPI_FLOAT, MPI_SUM, m->comm));
+        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->grads[1], (int)m->layout.n_expert, MPI_FLOAT, MPI_SUM, m->comm));
+        m->timers.sec[NM_T_COMM] += nm_now() - tc;
+    }
     double t1 = nm_now();
     if (c->grad_clip > 0.0) {
         t->grad_norm = grad_norm(m);

@@ -34,6 +34,7 @@ typedef struct nm_param_layout {
     size_t n_dense, n_expert;       /* floats in each block */
     int n_experts;                  /* whole model */
     int expert_begin, expert_count; /* local shard */
+    int expert_writer;              /* this rank writes its shard to checkpoints (one replica of each) */
 } nm_param_layout;
 
 /* Per-layer views into a block. */
