@@ -2,6 +2,7 @@
  * experts on their groups only, combine with the gates. */
 #include "nanomoe/moe.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,7 +53,9 @@ void nm_moe_acts_free(nm_moe_acts *a) {
 
 void nm_moe_scratch_alloc(nm_moe_scratch *s, const nm_moe_dims *d) {
     size_t NK = (size_t)d->N * d->K;
-    s->act = nm_malloc(sizeof(float) * NK * d->F);
+    /* act is also the per-thread tile scratch of the expert forward */
+    size_t tiles = (size_t)omp_get_max_threads() * NM_EXPERT_TILE;
+    s->act = nm_malloc(sizeof(float) * (NK > tiles ? NK : tiles) * d->F);
     s->du = nm_malloc(sizeof(float) * NK * d->F);
     s->dxs = nm_malloc(sizeof(float) * NK * d->C);
     s->dys = nm_malloc(sizeof(float) * NK * d->C);
@@ -94,13 +97,8 @@ void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_v
         for (int k = 0; k < K; k++)
             memcpy(a->xs + (size_t)a->slot[(long)n * K + k] * C, m + (long)n * C, sizeof(float) * (size_t)C);
     lap(s, NM_T_PERMUTE, &t0);
-    for (int le = 0; le < d->expert_count; le++) {
-        int e = d->expert_begin + le;
-        size_t r0 = (size_t)a->offset[e];
-        nm_expert_ffn_forward(a->ys + r0 * C, a->u + r0 * F, a->xs + r0 * C, w->fc1_w + (size_t)le * C * F,
-                              w->fc1_b + (size_t)le * F, w->fc2_w + (size_t)le * F * C, w->fc2_b + (size_t)le * C,
-                              a->count[e], C, F, s->act + r0 * F);
-    }
+    nm_experts_forward(a->ys, a->u, a->xs, w->fc1_w, w->fc1_b, w->fc2_w, w->fc2_b, a->offset + d->expert_begin,
+                       a->count + d->expert_begin, d->expert_count, C, F, s->act);
     lap(s, NM_T_EXPERTS, &t0);
     /* un-permute and combine with the gates */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
@@ -138,14 +136,8 @@ void nm_moe_backward(float *dm, const nm_layer_view *g, const float *dout, const
         }
     }
     lap(s, NM_T_PERMUTE, &t0);
-    for (int le = 0; le < d->expert_count; le++) {
-        int e = d->expert_begin + le;
-        size_t r0 = (size_t)a->offset[e];
-        nm_expert_ffn_backward(s->dxs + r0 * C, g->fc1_w + (size_t)le * C * F, g->fc1_b + (size_t)le * F,
-                               g->fc2_w + (size_t)le * F * C, g->fc2_b + (size_t)le * C, s->dys + r0 * C,
-                               a->xs + r0 * C, a->u + r0 * F, w->fc1_w + (size_t)le * C * F,
-                               w->fc2_w + (size_t)le * F * C, a->count[e], C, F, s->act + r0 * F, s->du + r0 * F);
-    }
+    nm_experts_backward(s->dxs, g->fc1_w, g->fc1_b, g->fc2_w, g->fc2_b, s->dys, a->xs, a->u, w->fc1_w, w->fc2_w,
+                        a->offset + d->expert_begin, a->count + d->expert_begin, d->expert_count, C, F, s->act, s->du);
     lap(s, NM_T_EXPERTS, &t0);
     /* permute backward: each token gathers the gradients of its K copies */
 #pragma omp parallel for if ((long)N * K * C > PAR_MIN)
