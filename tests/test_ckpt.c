@@ -8,7 +8,7 @@
 #include "check.h"
 #include "nanomoe/ckpt.h"
 #include "nanomoe/train.h"
-#include "textgen.h"
+#include "testutil.h"
 
 static int blocks_equal(float *const a[2], float *const b[2], const nm_param_layout *l) {
     return memcmp(a[0], b[0], sizeof(float) * l->n_dense) == 0 && memcmp(a[1], b[1], sizeof(float) * l->n_expert) == 0;
@@ -30,16 +30,10 @@ int main(int argc, char **argv) {
     nm_dataset data;
     CHECK(nm_dataset_load(&data, text, NULL, &err) == 0, "%s", err.msg);
     nm_config cfg;
-    nm_config_defaults(&cfg);
-    cfg.d_model = 32;
-    cfg.n_layers = 2;
-    cfg.n_heads = 2;
+    nm_test_small_config(&cfg);
     cfg.d_ff = 48;
-    cfg.n_experts = 4;
-    cfg.top_k = 2;
     cfg.block_size = 16;
     cfg.batch_size = 4;
-    cfg.eval_iters = 2;
     cfg.learning_rate = 1e-3;
     cfg.seed = 7;
     strcpy(cfg.data, text);

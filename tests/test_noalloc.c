@@ -8,7 +8,7 @@
 
 #include "check.h"
 #include "nanomoe/train.h"
-#include "textgen.h"
+#include "testutil.h"
 
 static long allocations = 0;
 void *__real_malloc(size_t n);
@@ -37,14 +37,7 @@ int main(int argc, char **argv) {
     nm_dataset data;
     CHECK(nm_dataset_load(&data, text, NULL, &err) == 0, "%s", err.msg);
     nm_config cfg;
-    nm_config_defaults(&cfg);
-    cfg.d_model = 32;
-    cfg.n_layers = 2;
-    cfg.n_heads = 2;
-    cfg.d_ff = 64;
-    cfg.block_size = 32;
-    cfg.batch_size = 8;
-    cfg.eval_iters = 2;
+    nm_test_small_config(&cfg);
     cfg.grad_clip = 1.0; /* exercise the optional paths too */
     strcpy(cfg.lr_schedule, "cosine");
     cfg.warmup_iters = 2;

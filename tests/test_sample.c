@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "nanomoe/rng.h"
 #include "nanomoe/sample.h"
 
@@ -38,13 +39,8 @@ static void generate(nm_model *m, const int32_t *prompt, int np, int n, uint64_t
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     nm_config cfg;
-    nm_config_defaults(&cfg);
-    cfg.d_model = 32;
-    cfg.n_layers = 2;
+    nm_test_small_config(&cfg);
     cfg.n_heads = 4;
-    cfg.d_ff = 64;
-    cfg.n_experts = 4;
-    cfg.top_k = 2;
     cfg.block_size = 16;
     cfg.vocab_size = 23;
     cfg.seed = 11;
