@@ -40,6 +40,9 @@ static const nm_config_key KEYS[] = {
     {"min_lr", "training", NM_KEY_FLOAT, OFF(min_lr), SZ(min_lr), 0, 10, 0, 1, "final learning rate of the cosine schedule"},
     {"grad_clip", "training", NM_KEY_FLOAT, OFF(grad_clip), SZ(grad_clip), 0, BIG, 0, 1, "clip the global gradient norm to this (0 = off, reference)"},
     {"decay_norms_biases", "training", NM_KEY_INT, OFF(decay_norms_biases), SZ(decay_norms_biases), 0, 1, 0, 1, "1 = weight decay on every parameter (reference); 0 = not on biases and norms"},
+    {"capacity_factor", "training", NM_KEY_FLOAT, OFF(capacity_factor), SZ(capacity_factor), 0, 1e6, 0, 1, "expert capacity as a multiple of an even share of the global batch's token slots; extra slots skip the expert (0 = dropless, reference)"},
+    {"grad_chunks", "training", NM_KEY_INT, OFF(grad_chunks), SZ(grad_chunks), 0, 65536, 0, 1, "sum dense gradients over this many fixed slices of the batch in a fixed tree: runs on any power-of-two rank count dividing it are bit-identical (0 = one slice per rank)"},
+    {"expert_parallel", "run", NM_KEY_INT, OFF(expert_parallel), SZ(expert_parallel), 0, 65536, 0, 1, "ranks sharing one copy of the experts; must divide ranks and n_experts (0 = min(ranks, n_experts))"},
     {"data", "run", NM_KEY_STRING, OFF(data), SZ(data), 0, 0, 0, 1, "training text file (bytes are tokens)"},
     {"out_dir", "run", NM_KEY_STRING, OFF(out_dir), SZ(out_dir), 0, 0, 0, 1, "run directory (default runs/<config name>)"},
     {"log_interval", "run", NM_KEY_INT, OFF(log_interval), SZ(log_interval), 1, 2000000000, 0, 1, "progress line every N steps"},
@@ -247,6 +250,10 @@ int nm_config_validate(const nm_config *c, nm_error *err) {
     if (strcmp(c->lr_schedule, "constant") != 0 && strcmp(c->lr_schedule, "cosine") != 0)
         return nm_fail(err, "config: lr_schedule=%s is not allowed (expected constant or cosine)", c->lr_schedule);
     if (!c->data[0]) return nm_fail(err, "config: data is empty (expected a path to a text file)");
+    if (c->grad_chunks > 0 && (c->grad_chunks & (c->grad_chunks - 1)) != 0)
+        return nm_fail(err, "config: grad_chunks=%d must be 0 or a power of two", c->grad_chunks);
+    if (c->grad_chunks > 0 && c->batch_size % c->grad_chunks != 0)
+        return nm_fail(err, "config: grad_chunks=%d must divide batch_size=%d", c->grad_chunks, c->batch_size);
     return 0;
 }
 

@@ -20,10 +20,12 @@
 
 #define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)(n)))
 
-static nm_moe_dims moe_dims(const nm_model *m, int B, int T) {
+/* b_global: sequences of the global batch, for the capacity limit (0: none). */
+static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
     const nm_config *c = &m->cfg;
-    nm_moe_dims d = {B * T, T, c->d_model, c->d_ff, c->n_experts, c->top_k,
-                     m->layout.expert_begin, m->layout.expert_count};
+    nm_moe_dims d = {B * T, T, c->d_model, c->d_ff, c->n_experts, c->top_k, 0};
+    if (c->capacity_factor > 0 && b_global > 0)
+        d.capacity = (long)ceil(c->capacity_factor * (double)b_global * T * c->top_k / c->n_experts);
     return d;
 }
 
@@ -32,7 +34,7 @@ static void acts_alloc(nm_model *m) {
     int B = m->cap_B, T = m->cap_T, C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers;
     long N = (long)B * T;
     nm_acts *a = &m->acts;
-    nm_moe_dims d = moe_dims(m, B, T);
+    nm_moe_dims d = moe_dims(m, B, T, 0);
     a->layers = nm_calloc((size_t)L, sizeof *a->layers);
     for (int l = 0; l < L; l++) {
         nm_layer_acts *la = &a->layers[l];
@@ -47,7 +49,7 @@ static void acts_alloc(nm_model *m) {
         la->ln2 = FALLOC(N * C);
         la->ln2_mean = FALLOC(N);
         la->ln2_rstd = FALLOC(N);
-        nm_moe_acts_alloc(&la->moe, &d);
+        nm_moe_acts_alloc(&la->moe, &d, &m->dispatch);
     }
     a->x_final = FALLOC(N * C);
     a->lnf = FALLOC(N * C);
@@ -64,7 +66,7 @@ static void acts_alloc(nm_model *m) {
     a->dqkv = FALLOC(N * 3 * C);
     a->dlogits = FALLOC(N * V);
     a->attn_scratch = FALLOC((long)m->nthreads * 2 * T * T);
-    nm_moe_scratch_alloc(&a->moe, &d);
+    nm_moe_scratch_alloc(&a->moe, &d, &m->dispatch);
     a->moe.timers = &m->timers;
 }
 
@@ -114,17 +116,24 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
         return nm_fail(err, "model: activations for %d x %d tokens requested (expected B >= 1, 1 <= T <= block_size=%d)",
                        B, T, cfg->block_size);
     m->cfg = *cfg;
-    m->comm = comm;
-    NM_MPI_CHECK(MPI_Comm_rank(comm, &m->rank));
-    NM_MPI_CHECK(MPI_Comm_size(comm, &m->nranks));
+    if (nm_dist_init(&m->dist, comm, cfg->n_experts, cfg->expert_parallel, err) != 0) return -1;
+    m->comm = m->dist.world;
+    m->rank = m->dist.rank;
+    m->nranks = m->dist.size;
     m->nthreads = nm_threads_init();
-    /* every rank holds every expert for now; rank 0 writes them */
-    nm_layout_init(&m->layout, cfg, 0, cfg->n_experts);
-    m->layout.expert_writer = m->rank == 0;
+    int e0, El;
+    nm_dist_experts(cfg->n_experts, m->dist.ep, m->dist.ep_rank, &e0, &El);
+    nm_layout_init(&m->layout, cfg, e0, El);
+    m->layout.expert_writer = m->dist.rep_rank == 0; /* one replica of each expert writes it */
+    int Bmax = B; /* batch slices may differ by a sequence between ranks */
+    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &Bmax, 1, MPI_INT, MPI_MAX, m->comm));
+    nm_dispatch_init(&m->dispatch, m->dist.ep_comm, m->dist.rep_comm, cfg->n_experts, cfg->d_model,
+                     nm_moe_max_rows_in(Bmax * T, cfg->top_k, m->dist.ep, El));
+    m->dispatch.timers = &m->timers;
     for (int b = 0; b < 2; b++) {
         size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
-        m->params[b] = nm_malloc(sizeof(float) * n);
-        m->grads[b] = nm_calloc(n, sizeof(float));
+        m->params[b] = nm_malloc(sizeof(float) * (n ? n : 1));
+        m->grads[b] = nm_calloc(n ? n : 1, sizeof(float));
     }
     nm_view_init(&m->p, &m->layout, cfg, m->params[0], m->params[1]);
     nm_view_init(&m->g, &m->layout, cfg, m->grads[0], m->grads[1]);
@@ -135,8 +144,26 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
     m->aux_layer = nm_calloc((size_t)cfg->n_layers, sizeof(double));
     m->dprob = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
     m->dprob_scaled = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
-    m->stats = nm_calloc((size_t)cfg->n_layers * 2 * cfg->n_experts, sizeof(double));
+    m->stats = nm_calloc((size_t)cfg->n_layers * (2 * cfg->n_experts + 1), sizeof(double));
+    m->dropped = nm_calloc((size_t)cfg->n_layers, sizeof(double));
+    size_t nr = m->layout.n_dense > m->layout.n_expert ? m->layout.n_dense : m->layout.n_expert;
+    m->reduce_scratch = nm_malloc(sizeof(float) * (nr ? nr : 1));
+    nm_model_set_grad_chunks(m, 1);
     return 0;
+}
+
+void nm_model_set_grad_chunks(nm_model *m, int chunks) {
+    for (int c = 1; c < m->grad_chunks; c++) free(m->chunk_grads[c]);
+    for (int c = 0; c < m->grad_chunks; c++) nm_view_free(&m->chunk_view[c]);
+    free(m->chunk_grads);
+    free(m->chunk_view);
+    m->grad_chunks = chunks < 1 ? 1 : chunks;
+    m->chunk_grads = nm_calloc((size_t)m->grad_chunks, sizeof(float *));
+    m->chunk_view = nm_calloc((size_t)m->grad_chunks, sizeof(nm_param_view));
+    for (int c = 0; c < m->grad_chunks; c++) {
+        m->chunk_grads[c] = c == 0 ? m->grads[0] : nm_calloc(m->layout.n_dense ? m->layout.n_dense : 1, sizeof(float));
+        nm_view_init(&m->chunk_view[c], &m->layout, &m->cfg, m->chunk_grads[c], m->grads[1]);
+    }
 }
 
 void nm_model_free(nm_model *m) {
@@ -148,6 +175,14 @@ void nm_model_free(nm_model *m) {
     nm_view_free(&m->p);
     nm_view_free(&m->g);
     nm_layout_free(&m->layout);
+    for (int c = 1; c < m->grad_chunks; c++) free(m->chunk_grads[c]);
+    for (int c = 0; c < m->grad_chunks; c++) nm_view_free(&m->chunk_view[c]);
+    free(m->chunk_grads);
+    free(m->chunk_view);
+    free(m->reduce_scratch);
+    free(m->dropped);
+    nm_dispatch_free(&m->dispatch);
+    nm_dist_free(&m->dist);
     free(m->aux_layer);
     free(m->dprob);
     free(m->dprob_scaled);
@@ -171,7 +206,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     uint64_t seed = (uint64_t)c->seed;
     /* global element index of this rank's first activation, per [N, C] site */
     uint64_t base_nc = (uint64_t)o->b_offset * T * C;
-    nm_moe_dims d = moe_dims(m, B, T);
+    nm_moe_dims d = moe_dims(m, B, T, o->b_global);
 
     memcpy(a->ids, x, sizeof(int32_t) * (size_t)N);
     if (y) memcpy(a->targets, y, sizeof(int32_t) * (size_t)N);
@@ -207,7 +242,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
         nm_layernorm_forward(la->ln2, la->ln2_mean, la->ln2_rstd, la->x_mid, w->ln2_s, w->ln2_b, (int)N, C,
                              (float)c->layer_norm_eps);
         TOC(ln2, NM_T_LAYERNORM);
-        nm_moe_forward(a->tmp, &la->moe, la->ln2, w, &d, &a->moe);
+        nm_moe_forward(a->tmp, &la->moe, la->ln2, w, &d, &a->moe, &m->dispatch);
         TIC(res2);
         nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
         nm_add(xout, la->x_mid, a->tmp, (size_t)N * C);
@@ -221,9 +256,9 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     double ce_sum = y ? nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V) : 0.0;
     TOC(head, NM_T_HEAD);
 
-    /* router statistics of the whole global batch, then the aux loss per layer */
+    /* router statistics (and dropped copies) of the whole global batch, then the aux loss per layer */
     TIC(comm);
-    size_t ns = (size_t)L * 2 * E;
+    size_t ns = (size_t)L * (2 * E + 1);
     double *st = m->stats;
     memset(st, 0, sizeof(double) * ns);
     for (int l = 0; l < L; l++) {
@@ -233,13 +268,15 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
                 st[((size_t)l * 2 + 0) * E + e] += ma->psum[(size_t)b * E + e];
                 st[((size_t)l * 2 + 1) * E + e] += ma->top1[(size_t)b * E + e];
             }
+        st[(size_t)L * 2 * E + l] = (double)ma->dropped;
     }
     double buf[2] = {ce_sum, 0.0};
     if (m->nranks > 1) {
         NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, st, (int)ns, MPI_DOUBLE, MPI_SUM, m->comm));
         NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, 1, MPI_DOUBLE, MPI_SUM, m->comm));
     }
-    TOC(comm, NM_T_COMM);
+    for (int l = 0; l < L; l++) m->dropped[l] = st[(size_t)L * 2 * E + l];
+    TOC(comm, NM_T_ALLREDUCE);
     double ntok = (double)o->b_global * T;
     m->aux = 0.0;
     for (int l = 0; l < L; l++) {
@@ -264,8 +301,43 @@ double nm_model_seq_aux(const nm_model *m, int b) {
 }
 
 void nm_model_zero_grad(nm_model *m) {
-    memset(m->grads[0], 0, sizeof(float) * m->layout.n_dense);
+    for (int c = 0; c < m->grad_chunks; c++) memset(m->chunk_grads[c], 0, sizeof(float) * m->layout.n_dense);
     memset(m->grads[1], 0, sizeof(float) * m->layout.n_expert);
+}
+
+/* Gradient chunks: parameter gradients are formed per chunk of consecutive
+ * local sequences, each into its own dense block, so that the sum over the
+ * global batch can be taken in an order that does not depend on how the batch
+ * is split over ranks. */
+typedef struct {
+    nm_model *m;
+    int n;     /* chunks in this backward */
+    long rows; /* rows (tokens) per chunk */
+} chunks;
+
+/* The chunk's copy of a dense gradient tensor given by its pointer into grads[0]. */
+static float *cg(const chunks *k, int ch, const float *g) { return k->m->chunk_grads[ch] + (g - k->m->grads[0]); }
+
+/* y = x W + b: dinp over all rows (+=, skipped if NULL), dW and db per chunk. */
+static void dense_bwd(const chunks *k, float *dinp, const float *gW, const float *gb, const float *dout,
+                      const float *inp, const float *W, int Din, int Dout) {
+    long N = k->n * k->rows;
+    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)N, Din, Dout);
+    for (int ch = 0; ch < k->n; ch++) {
+        long r0 = ch * k->rows;
+        nm_dense_backward(NULL, cg(k, ch, gW), gb ? cg(k, ch, gb) : NULL, dout + r0 * Dout, inp + r0 * Din, NULL,
+                          (int)k->rows, Din, Dout);
+    }
+}
+
+static void layernorm_bwd(const chunks *k, float *dinp, const float *gs, const float *gb, const float *dout,
+                          const float *inp, const float *s, const float *mean, const float *rstd, int C) {
+    nm_layernorm_backward(dinp, NULL, NULL, dout, inp, s, mean, rstd, (int)(k->n * k->rows), C);
+    for (int ch = 0; ch < k->n; ch++) {
+        long r0 = ch * k->rows;
+        nm_layernorm_backward(NULL, cg(k, ch, gs), cg(k, ch, gb), dout + r0 * C, inp + r0 * C, s, mean + r0,
+                              rstd + r0, (int)k->rows, C);
+    }
 }
 
 void nm_model_backward(nm_model *m) {
@@ -278,16 +350,20 @@ void nm_model_backward(nm_model *m) {
     float p = o->training ? (float)c->dropout_rate : 0.0f;
     uint64_t seed = (uint64_t)c->seed;
     uint64_t base_nc = (uint64_t)o->b_offset * T * C;
-    nm_moe_dims d = moe_dims(m, B, T);
-    nm_param_view *g = &m->g;
-    const nm_param_view *w = &m->p;
+    nm_moe_dims d = moe_dims(m, B, T, o->b_global);
+    const nm_param_view *g = &m->g, *w = &m->p;
+    chunks k = {m, 1, N};
+    if (m->grad_chunks > 1 && B % m->grad_chunks == 0) {
+        k.n = m->grad_chunks;
+        k.rows = N / k.n;
+    }
 
     TIC(head);
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
-    nm_dense_backward(a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, (int)N, C, V);
+    dense_bwd(&k, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
-    nm_layernorm_backward(a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean, a->lnf_rstd, (int)N, C);
+    layernorm_bwd(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean, a->lnf_rstd, C);
     TOC(head, NM_T_HEAD);
 
     for (int l = L - 1; l >= 0; l--) {
@@ -300,10 +376,14 @@ void nm_model_backward(nm_model *m) {
         nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
         TOC(res2, NM_T_RESIDUAL);
         memset(a->dln, 0, sizeof(float) * NC);
-        nm_moe_backward(a->dln, lg, a->dtmp, &la->moe, la->ln2, lw, m->dprob_scaled + (size_t)l * E, &d, &a->moe);
+        nm_moe_backward(a->dln, NULL, lg, a->dtmp, &la->moe, la->ln2, lw, m->dprob_scaled + (size_t)l * E, &d,
+                        &a->moe, &m->dispatch);
+        TIC(router);
+        for (int ch = 0; ch < k.n; ch++)
+            nm_moe_router_weight_grad(cg(&k, ch, lg->router_w), la->ln2, &a->moe, (int)(ch * k.rows), (int)k.rows, &d);
+        TOC(router, NM_T_ROUTER);
         TIC(ln2);
-        nm_layernorm_backward(a->dx, lg->ln2_s, lg->ln2_b, a->dln, la->x_mid, lw->ln2_s, la->ln2_mean, la->ln2_rstd,
-                              (int)N, C);
+        layernorm_bwd(&k, a->dx, lg->ln2_s, lg->ln2_b, a->dln, la->x_mid, lw->ln2_s, la->ln2_mean, la->ln2_rstd, C);
         TOC(ln2, NM_T_LAYERNORM);
         /* x_mid = x + dropout(att @ Wout + bout) */
         TIC(res1);
@@ -312,7 +392,7 @@ void nm_model_backward(nm_model *m) {
         TOC(res1, NM_T_RESIDUAL);
         TIC(out);
         memset(a->dln, 0, sizeof(float) * NC);
-        nm_dense_backward(a->dln, lg->out_w, lg->out_b, a->dtmp, la->att, lw->out_w, (int)N, C, C);
+        dense_bwd(&k, a->dln, lg->out_w, lg->out_b, a->dtmp, la->att, lw->out_w, C, C);
         TOC(out, NM_T_ATTN_PROJ);
         TIC(core);
         nm_attn_dropout ad = {p, nm_dropout_key(seed, o->step, SITE_ATTN_W(l)), o->b_offset};
@@ -320,17 +400,37 @@ void nm_model_backward(nm_model *m) {
         TOC(core, NM_T_ATTN_CORE);
         TIC(qkv);
         memset(a->dln, 0, sizeof(float) * NC);
-        nm_dense_backward(a->dln, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, (int)N, C, 3 * C);
+        dense_bwd(&k, a->dln, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, C, 3 * C);
         TOC(qkv, NM_T_ATTN_PROJ);
         TIC(ln1);
-        nm_layernorm_backward(a->dx, lg->ln1_s, lg->ln1_b, a->dln, la->x, lw->ln1_s, la->ln1_mean, la->ln1_rstd,
-                              (int)N, C);
+        layernorm_bwd(&k, a->dx, lg->ln1_s, lg->ln1_b, a->dln, la->x, lw->ln1_s, la->ln1_mean, la->ln1_rstd, C);
         TOC(ln1, NM_T_LAYERNORM);
     }
     TIC(emb);
     nm_dropout(a->dx, NC, p, nm_dropout_key(seed, o->step, SITE_EMBED), base_nc);
-    nm_embedding_backward(g->tok_emb, g->pos_emb, a->dx, a->ids, B, T, C);
+    int seqs = B / k.n;
+    for (int ch = 0; ch < k.n; ch++)
+        nm_embedding_backward(cg(&k, ch, g->tok_emb), cg(&k, ch, g->pos_emb), a->dx + ch * k.rows * C,
+                              a->ids + ch * k.rows, seqs, T, C);
     TOC(emb, NM_T_EMBED);
+}
+
+void nm_model_reduce_grads(nm_model *m) {
+    double t0 = nm_now();
+    size_t nd = m->layout.n_dense;
+    /* local chunks first, as a binary tree (their count is a power of two) */
+    for (int step = 1; step < m->grad_chunks; step <<= 1)
+        for (int ch = 0; ch + step < m->grad_chunks; ch += 2 * step) {
+            float *dst = m->chunk_grads[ch];
+            const float *src = m->chunk_grads[ch + step];
+#pragma omp parallel for simd if (nd > 65536)
+            for (size_t i = 0; i < nd; i++) dst[i] += src[i];
+        }
+    int tree = m->cfg.grad_chunks > 0;
+    nm_dist_sum(m->grads[0], nd, m->comm, tree, m->reduce_scratch);
+    /* expert gradients only across replicas of the same experts */
+    if (m->dist.rep_size > 1) nm_dist_sum(m->grads[1], m->layout.n_expert, m->dist.rep_comm, tree, m->reduce_scratch);
+    m->timers.sec[NM_T_ALLREDUCE] += nm_now() - t0;
 }
 
 double nm_model_flops_per_token(const nm_config *c, int T, int training) {

@@ -80,6 +80,7 @@ void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout,
                            const float *mean, const float *rstd, int N, int C) {
 #pragma omp parallel if ((long)N * C > PAR_MIN)
     {
+        if (dinp) {
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
             const float *x = inp + (long)n * C, *d = dout + (long)n * C;
@@ -99,6 +100,8 @@ void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout,
                 di[c] += r * (d[c] * s[c] - dmean - xh * dxhat);
             }
         }
+        }
+        if (ds) {
 #pragma omp for schedule(static)
         for (int c0 = 0; c0 < C; c0 += 16) {
             int c1 = c0 + 16 < C ? c0 + 16 : C;
@@ -110,6 +113,7 @@ void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout,
                     db[c] += d[c];
                 }
             }
+        }
         }
     }
 }
@@ -162,7 +166,7 @@ void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, con
                        int Din, int Dout) {
     if (N <= 0) return;
     if (dinp) nm_gemm(0, 1, N, Din, Dout, 1.0f, dout, Dout, W, Dout, 1.0f, dinp, Din);
-    nm_gemm(1, 0, Din, Dout, N, 1.0f, inp, Din, dout, Dout, 1.0f, dW, Dout);
+    if (dW) nm_gemm(1, 0, Din, Dout, N, 1.0f, inp, Din, dout, Dout, 1.0f, dW, Dout);
     if (db) nm_colsum_add(db, dout, N, Dout);
 }
 

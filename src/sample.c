@@ -33,9 +33,10 @@ void nm_sampler_init(nm_sampler *s, nm_model *m) {
     s->scores = FALLOC(T);
     s->mean = FALLOC(1);
     s->rstd = FALLOC(1);
-    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, m->layout.expert_begin, m->layout.expert_count};
-    nm_moe_acts_alloc(&s->moe, &d);
-    nm_moe_scratch_alloc(&s->moe_scratch, &d);
+    if (m->dispatch.Q != 1) NM_ABORT("the sampler needs every expert on its rank (expert_parallel=1)");
+    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, 0};
+    nm_moe_acts_alloc(&s->moe, &d, &m->dispatch);
+    nm_moe_scratch_alloc(&s->moe_scratch, &d, &m->dispatch);
 }
 
 void nm_sampler_free(nm_sampler *s) {
@@ -97,7 +98,7 @@ const float *nm_sampler_push(nm_sampler *s, int32_t token) {
     s->window[t] = token;
     const nm_param_view *p = &m->p;
     float eps = (float)c->layer_norm_eps;
-    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, m->layout.expert_begin, m->layout.expert_count};
+    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, 0};
     nm_embedding_forward(s->x, &token, p->tok_emb, p->pos_emb + (long)t * C, 1, 1, C);
     for (int l = 0; l < c->n_layers; l++) {
         const nm_layer_view *w = &p->layers[l];
@@ -109,7 +110,7 @@ const float *nm_sampler_push(nm_sampler *s, int32_t token) {
         nm_dense_forward(s->tmp, s->att, w->out_w, w->out_b, 1, C, C);
         nm_add(s->x, s->x, s->tmp, (size_t)C);
         nm_layernorm_forward(s->a, s->mean, s->rstd, s->x, w->ln2_s, w->ln2_b, 1, C, eps);
-        nm_moe_forward(s->tmp, &s->moe, s->a, w, &d, &s->moe_scratch);
+        nm_moe_forward(s->tmp, &s->moe, s->a, w, &d, &s->moe_scratch, &m->dispatch);
         nm_add(s->x, s->x, s->tmp, (size_t)C);
     }
     nm_layernorm_forward(s->a, s->mean, s->rstd, s->x, p->lnf_s, p->lnf_b, 1, C, eps);

@@ -5,7 +5,7 @@
 
 static const char *NAMES[NM_T_COUNT] = {"embedding", "layernorm", "attn proj", "attn core",
                                         "router",    "permute",   "experts",   "resid+drop",
-                                        "head+loss", "comm",      "optimizer", "data"};
+                                        "head+loss", "all-to-all", "all-reduce", "optimizer", "data"};
 
 const char *nm_timer_name(nm_timer_id id) { return NAMES[id]; }
 

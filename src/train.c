@@ -19,11 +19,13 @@ int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data,
     if (cfg->batch_size < size)
         return nm_fail(err, "config: batch_size=%d must be >= the number of ranks (%d): each rank takes a slice of the "
                        "global batch", cfg->batch_size, size);
-    /* contiguous slices of the global batch, one per rank */
-    t->b0 = (int)((long)cfg->batch_size * rank / size);
-    t->b1 = (int)((long)cfg->batch_size * (rank + 1) / size);
+    if (cfg->grad_chunks > 0 && cfg->grad_chunks % size != 0)
+        return nm_fail(err, "config: grad_chunks=%d must be a multiple of the number of ranks (%d)", cfg->grad_chunks,
+                       size);
+    nm_dist_batch_slice(cfg->batch_size, rank, size, &t->b0, &t->b1);
     int B = t->b1 - t->b0;
     if (nm_model_create(&t->model, cfg, comm, B, cfg->block_size, err) != 0) return -1;
+    if (cfg->grad_chunks > 0) nm_model_set_grad_chunks(&t->model, cfg->grad_chunks / size);
     nm_adamw_init(&t->opt, &t->model.layout, cfg);
     size_t n = (size_t)B * cfg->block_size;
     t->x = nm_malloc(sizeof(int32_t) * n);
@@ -39,15 +41,16 @@ void nm_trainer_free(nm_trainer *t) {
     memset(t, 0, sizeof *t);
 }
 
-/* Global L2 norm of the gradient, for clipping. */
+/* Global L2 norm of the gradient, for clipping (after the reduction: dense
+ * gradients are the same on every rank, experts counted once per group). */
 static double grad_norm(nm_model *m) {
-    double s = 0.0;
-    for (int b = 0; b < 2; b++) {
-        size_t n = b == NM_BLOCK_DENSE ? m->layout.n_dense : m->layout.n_expert;
-        const float *g = m->grads[b];
-        for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
-    }
-    return sqrt(s);
+    double dense = 0.0, experts = 0.0;
+    const float *g = m->grads[0];
+    for (size_t i = 0; i < m->layout.n_dense; i++) dense += (double)g[i] * g[i];
+    g = m->grads[1];
+    for (size_t i = 0; i < m->layout.n_expert; i++) experts += (double)g[i] * g[i];
+    if (m->dist.ep > 1) NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &experts, 1, MPI_DOUBLE, MPI_SUM, m->dist.ep_comm));
+    return sqrt(dense + experts);
 }
 
 static void scale_grads(nm_model *m, float s) {
@@ -71,14 +74,9 @@ nm_losses nm_train_step(nm_trainer *t) {
     nm_model_forward(m, t->x, t->y, B, T, &o);
     nm_model_zero_grad(m);
     nm_model_backward(m);
-    if (m->nranks > 1) {
-        /* data parallel: each rank's gradient is already scaled by the global
-         * token count, so the sum over ranks is the gradient of the global loss */
-        double tc = nm_now();
-        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->grads[0], (int)m->layout.n_dense, MPI_FLOAT, MPI_SUM, m->comm));
-        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, m->grads[1], (int)m->layout.n_expert, MPI_FLOAT, MPI_SUM, m->comm));
-        m->timers.sec[NM_T_COMM] += nm_now() - tc;
-    }
+    /* each rank's gradient is already scaled by the global token count, so the
+     * sum over ranks is the gradient of the global loss */
+    nm_model_reduce_grads(m);
     double t1 = nm_now();
     if (c->grad_clip > 0.0) {
         t->grad_norm = grad_norm(m);
@@ -117,29 +115,34 @@ nm_losses nm_evaluate(nm_trainer *t) {
 }
 
 nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len) {
-    int T = m->cfg.block_size, cap = m->cap_B;
+    int T = m->cfg.block_size, cap = m->cap_B, P = m->nranks, r = m->rank;
     long nw = len >= (size_t)T + 1 ? (long)((len - (size_t)T - 1) / (size_t)T) + 1 : 0;
     int32_t *x = nm_malloc(sizeof(int32_t) * (size_t)cap * T), *y = nm_malloc(sizeof(int32_t) * (size_t)cap * T);
-    double ce = 0.0, aux = 0.0;
-    for (long w0 = 0; w0 < nw; w0 += cap) {
-        int B = (int)(nw - w0 < cap ? nw - w0 : cap);
+    double sums[2] = {0.0, 0.0}; /* cross-entropy over targets, aux over windows */
+    /* every rank takes up to cap windows per round; all ranks run every round,
+     * since the MoE exchange is collective */
+    long per_round = (long)P * cap;
+    for (long w0 = 0; w0 < nw; w0 += per_round) {
+        long mine = w0 + (long)r * cap;
+        int B = mine >= nw ? 0 : (int)(nw - mine < cap ? nw - mine : cap);
         for (int b = 0; b < B; b++) {
-            size_t s = (size_t)(w0 + b) * T;
+            size_t s = (size_t)(mine + b) * T;
             memcpy(x + (size_t)b * T, tokens + s, sizeof(int32_t) * (size_t)T);
             memcpy(y + (size_t)b * T, tokens + s + 1, sizeof(int32_t) * (size_t)T);
         }
-        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = w0, .b_global = B};
+        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = mine, .b_global = nw - w0 < per_round ? nw - w0 : per_round};
         nm_model_forward(m, x, y, B, T, &o);
-        for (long i = 0; i < (long)B * T; i++) ce += m->acts.losses[i];
-        for (int b = 0; b < B; b++) aux += nm_model_seq_aux(m, b);
+        for (long i = 0; i < (long)B * T; i++) sums[0] += m->acts.losses[i];
+        for (int b = 0; b < B; b++) sums[1] += nm_model_seq_aux(m, b);
     }
+    if (P > 1) NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, m->comm));
     free(x);
     free(y);
-    nm_split_eval r = {0};
-    r.windows = nw;
-    r.tokens = nw * T;
-    r.ce = nw ? ce / (double)r.tokens : NAN;
-    r.aux = nw ? aux / (double)nw : NAN;
-    r.loss = r.ce + m->cfg.aux_loss_coeff * r.aux;
-    return r;
+    nm_split_eval res = {0};
+    res.windows = nw;
+    res.tokens = nw * T;
+    res.ce = nw ? sums[0] / (double)res.tokens : NAN;
+    res.aux = nw ? sums[1] / (double)nw : NAN;
+    res.loss = res.ce + m->cfg.aux_loss_coeff * res.aux;
+    return res;
 }

@@ -586,13 +586,14 @@ typedef struct {
     nm_moe_dims d;
     nm_moe_acts a;
     nm_moe_scratch s;
+    nm_dispatch x; /* one rank: the exchange is the identity */
     int32_t *topi_ref;
     double coeff;
 } moe_ctx;
 
 static double moe_obj(void *p) {
     moe_ctx *c = p;
-    nm_moe_forward(c->out, &c->a, c->m, &c->w, &c->d, &c->s);
+    nm_moe_forward(c->out, &c->a, c->m, &c->w, &c->d, &c->s, &c->x);
     if (c->topi_ref && memcmp(c->a.topi, c->topi_ref, sizeof(int32_t) * (size_t)c->d.N * c->d.K) != 0) return NAN;
     double L = dotd(c->out, c->R, (size_t)c->d.N * c->d.C);
     return L + c->coeff * batch_aux(c->a.psum, c->a.top1, c->d.N / c->d.seq_len, c->d.E, (double)c->d.N, NULL);
@@ -604,7 +605,7 @@ static void test_moe(int empty_expert) {
     int B = 2, T = 8, C = 16, F = 32, E = 4, K = 2;
     moe_ctx c;
     memset(&c, 0, sizeof c);
-    c.d = (nm_moe_dims){B * T, T, C, F, E, K, 0, E};
+    c.d = (nm_moe_dims){B * T, T, C, F, E, K, 0};
     c.coeff = 0.5; /* large enough that the aux path is visible in dm and dWr */
     printf("nm_moe_backward (N=%d C=%d F=%d E=%d K=%d, L = sum(out * R) + %g * aux%s)\n", B * T, C, F, E, K, c.coeff,
            empty_expert ? ", expert 3 unused" : "");
@@ -629,8 +630,9 @@ static void test_moe(int empty_expert) {
         for (size_t i = 0; i < NC; i++) c.m[i] = 0.5f + fabsf(c.m[i]);
         for (int j = 0; j < C; j++) c.w.router_w[j * E + E - 1] = -1.0f;
     }
-    nm_moe_acts_alloc(&c.a, &c.d);
-    nm_moe_scratch_alloc(&c.s, &c.d);
+    nm_dispatch_init(&c.x, MPI_COMM_SELF, MPI_COMM_NULL, E, C, (size_t)N * K);
+    nm_moe_acts_alloc(&c.a, &c.d, &c.x);
+    nm_moe_scratch_alloc(&c.s, &c.d, &c.x);
     moe_obj(&c);
     c.topi_ref = malloc(sizeof(int32_t) * N * K);
     memcpy(c.topi_ref, c.a.topi, sizeof(int32_t) * N * K);
@@ -642,7 +644,7 @@ static void test_moe(int empty_expert) {
     batch_aux(c.a.psum, c.a.top1, N / T, E, (double)N, dprob);
     for (int e = 0; e < E; e++) dprob[e] *= c.coeff;
     float *dm = falloc(NC);
-    nm_moe_backward(dm, &g, c.R, &c.a, c.m, &c.w, dprob, &c.d, &c.s);
+    nm_moe_backward(dm, g.router_w, &g, c.R, &c.a, c.m, &c.w, dprob, &c.d, &c.s, &c.x);
     gc_opts o = {1e-2, 1e-2, 1e-2, 1e-12, 0.9, 2, 4};
     if (empty_expert) {
         double z = 0.0;
@@ -670,6 +672,7 @@ static void test_moe(int empty_expert) {
 #undef MOE_NAME
     nm_moe_acts_free(&c.a);
     nm_moe_scratch_free(&c.s);
+    nm_dispatch_free(&c.x);
     free(c.out), free(c.m), free(c.R), free(c.topi_ref), free(dm);
     free(c.w.router_w), free(c.w.fc1_w), free(c.w.fc1_b), free(c.w.fc2_w), free(c.w.fc2_b);
     free(g.router_w), free(g.fc1_w), free(g.fc1_b), free(g.fc2_w), free(g.fc2_b);

@@ -22,6 +22,10 @@ typedef struct nm_config {
     int warmup_iters;
     double min_lr, grad_clip;
     int decay_norms_biases; /* 1 = weight decay on every parameter (reference) */
+    double capacity_factor; /* 0 = dropless (reference) */
+    int grad_chunks;        /* 0 = one per rank; G > 0: fixed slices summed in a fixed tree */
+    /* parallelism */
+    int expert_parallel;    /* 0 = min(ranks, n_experts) */
     /* run */
     char data[NM_PATH_MAX], out_dir[NM_PATH_MAX];
     int log_interval, ckpt_interval;

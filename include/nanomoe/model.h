@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "nanomoe/config.h"
+#include "nanomoe/dispatch.h"
+#include "nanomoe/dist.h"
 #include "nanomoe/moe.h"
 #include "nanomoe/params.h"
 #include "nanomoe/timers.h"
@@ -51,24 +53,35 @@ typedef struct nm_model {
     nm_param_layout layout;
     float *params[2], *grads[2]; /* [NM_BLOCK_DENSE], [NM_BLOCK_EXPERT] */
     nm_param_view p, g;
-    MPI_Comm comm;
+    nm_dist dist;                /* ranks, expert-parallel group, replicas */
+    MPI_Comm comm;               /* = dist.world */
     int rank, nranks;
+    nm_dispatch dispatch;        /* the MoE token exchange */
     int nthreads;
-    int cap_B, cap_T;            /* activation capacity */
+    int cap_B, cap_T;            /* activation capacity (this rank's sequences) */
     nm_acts acts;
+    /* Dense gradients are formed per chunk of consecutive local sequences, each
+     * in its own block (chunk 0 is grads[0]), and summed as a fixed tree. */
+    int grad_chunks;             /* local chunks */
+    float **chunk_grads;         /* [grad_chunks] dense blocks */
+    nm_param_view *chunk_view;   /* [grad_chunks] views: dense part per chunk, experts shared */
+    float *reduce_scratch;       /* [max(n_dense, n_expert)] */
     /* last forward */
     int B, T;
     nm_forward_opts fwd;
     double ce, aux, loss;        /* global means; loss = ce + aux_loss_coeff * aux */
     double *aux_layer;           /* [n_layers] */
+    double *dropped;             /* [n_layers] token copies dropped by the capacity limit, global */
     double *dprob;               /* [n_layers, E] d aux_layer / d router probs */
     double *dprob_scaled;        /* the same times aux_loss_coeff: what backward uses */
-    double *stats;               /* [n_layers, 2, E] psum | top1 summed over the global batch */
+    double *stats;               /* [n_layers, 2, E] psum | top1 summed over the global batch, then dropped [L] */
     nm_timers timers;
 } nm_model;
 
-/* Creates a model for cfg (vocab_size set) on comm, initialised from cfg->seed,
- * with activations for B sequences of T tokens. Experts are all local for now. */
+/* Creates a model for cfg (vocab_size set) on the ranks of comm, initialised
+ * from cfg->seed, with activations for B sequences of T tokens on this rank.
+ * Experts are sharded over expert-parallel groups of cfg->expert_parallel
+ * ranks (0 = min(ranks, n_experts)). Collective over comm. */
 int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int T, nm_error *err);
 void nm_model_free(nm_model *m);
 
@@ -80,8 +93,16 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
 double nm_model_seq_aux(const nm_model *m, int b);
 
 void nm_model_zero_grad(nm_model *m);
-/* Adds the gradient of the last forward's loss (which must have had targets). */
+/* Adds the gradient of the last forward's loss (which must have had targets).
+ * Collective over the expert-parallel group. */
 void nm_model_backward(nm_model *m);
+/* Sums the gradients of all ranks: dense over every rank (as a fixed tree when
+ * cfg.grad_chunks > 0), experts over their replicas; never across owners. */
+void nm_model_reduce_grads(nm_model *m);
+
+/* Sets how many gradient chunks the local batch of B sequences is cut into
+ * (1 = plain). B must be a multiple. */
+void nm_model_set_grad_chunks(nm_model *m, int chunks);
 
 /* Model FLOPs per token (matrix products only; attention counted over the
  * full T x T), forward only or forward + backward (3x). */

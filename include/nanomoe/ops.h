@@ -15,13 +15,14 @@ void nm_embedding_backward(float *dtok, float *dpos, const float *dout, const in
 /* out[N, C] = (inp - mean) * rstd * s + b; mean, rstd [N] are kept for backward. */
 void nm_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *s, const float *b,
                           int N, int C, float eps);
-/* dinp[N, C] +=, ds[C] +=, db[C] += (sums over rows in row order, whatever the threads). */
+/* dinp[N, C] += (skipped if NULL), ds[C] +=, db[C] += (skipped if ds is NULL; sums over
+ * rows in row order, whatever the threads). */
 void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout, const float *inp, const float *s,
                            const float *mean, const float *rstd, int N, int C);
 
 /* out[N, Dout] = inp[N, Din] @ W[Din, Dout] + b[Dout] (b may be NULL). */
 void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int N, int Din, int Dout);
-/* dinp[N, Din] += dout @ W^T (skipped if dinp NULL); dW[Din, Dout] += inp^T @ dout; db[Dout] += column sums (skipped if NULL). */
+/* dinp[N, Din] += dout @ W^T (skipped if dinp NULL); dW[Din, Dout] += inp^T @ dout (skipped if NULL); db[Dout] += column sums (skipped if NULL). */
 void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp, const float *W, int N,
                        int Din, int Dout);
 /* db[Dout] += column sums of dout[N, Dout], in row order. */

@@ -8,7 +8,7 @@
 #include "nanomoe/model.h"
 
 typedef struct nm_sampler {
-    nm_model *m;          /* created with activations for 1 x block_size */
+    nm_model *m;          /* created with activations for 1 x block_size, all experts local */
     float **kcache, **vcache; /* [n_layers][block_size, C] */
     int len;              /* positions held in the cache */
     int32_t *window;      /* [block_size] tokens of the current context */

@@ -12,7 +12,8 @@ typedef enum {
     NM_T_EXPERTS,    /* expert FFNs */
     NM_T_RESIDUAL,   /* residual adds and dropout */
     NM_T_HEAD,       /* final norm, head and cross-entropy */
-    NM_T_COMM,       /* MPI collectives */
+    NM_T_ALLTOALL,   /* token exchange of the MoE layers */
+    NM_T_ALLREDUCE,  /* gradient and statistics reductions */
     NM_T_OPTIMIZER,
     NM_T_DATA,
     NM_T_COUNT

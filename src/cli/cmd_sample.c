@@ -58,10 +58,13 @@ int cmd_sample(int argc, char **argv) {
     if (argc - optind != 1) return cli_errorf("expected one checkpoint (usage: nanomoe sample CKPT [options])");
     size_t plen = strlen(prompt);
     if (plen == 0) return cli_errorf("--prompt is empty (expected at least one character)");
+    /* generation is one token at a time: rank 0 holds the whole model and
+     * generates; other ranks of a launch have nothing to do */
+    if (nm_world_rank() != 0) return 0;
     nm_model m;
     nm_vocab vocab;
     nm_ckpt_meta meta;
-    if (cli_load_model(argv[optind], MPI_COMM_WORLD, 1, 0, &m, &vocab, &meta, &err) != 0) return cli_error(&err);
+    if (cli_load_model(argv[optind], MPI_COMM_SELF, 1, 0, &m, &vocab, &meta, &err) != 0) return cli_error(&err);
     int32_t *ids = nm_malloc(sizeof(int32_t) * plen);
     if (nm_vocab_encode(&vocab, (const unsigned char *)prompt, plen, ids, &err) != 0) {
         free(ids);

@@ -48,6 +48,7 @@ int cli_load_model(const char *path, MPI_Comm comm, int B, int T, nm_model *m, n
                    nm_error *err) {
     nm_config cfg;
     if (nm_ckpt_read_header(path, comm, &cfg, vocab, meta, err) != 0) return -1;
+    cfg.expert_parallel = 0; /* how the training run was laid out does not bind this one */
     if (nm_model_create(m, &cfg, comm, B, T > 0 ? T : cfg.block_size, err) != 0) return -1;
     if (nm_ckpt_read_params(path, m, NULL, err) != 0) {
         nm_model_free(m);
