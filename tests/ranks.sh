@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Rank-count invariance. 30 training steps of configs/tiny.ini (dropout on;
+# grad_chunks = 4) on 1, 2 and 4 ranks: the loss of every step within 1e-5
+# relative and the final checkpoints within 1e-5 per tensor -- and in fact
+# bit-identical, which is what README.md states for grad_chunks runs. Then the
+# 4-rank checkpoint evaluates to the same line on 1, 2 and 4 ranks, and a
+# default run (grad_chunks = 0) on 2 ranks stays within tolerance of 1 rank
+# for the first steps. Uses its own text.
+# usage: ranks.sh NANOMOE MPIEXEC REPO
+set -u
+bin=$1 mpiexec=$2 repo=$3
+py=/usr/bin/python3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail=0
+ok() { echo "ok - $1"; }
+bad() { echo "not ok - $1"; fail=1; }
+export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
+awk 'BEGIN { srand(7); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
+  for (i = 0; i < 9000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$work/text.txt"
+
+run() { # run NP OUT [key=value...]
+  local np=$1 out=$2
+  shift 2
+  "$mpiexec" -n "$np" --oversubscribe "$bin" train "$repo/configs/tiny.ini" data="$work/text.txt" out_dir="$work/$out" \
+    max_iters=30 log_interval=1 eval_interval=0 "$@" >"$work/$out.log" 2>&1 || { cat "$work/$out.log"; bad "$np ranks ($out) failed"; exit 1; }
+}
+compare_losses() { # compare_losses A B TOL -> prints the worst relative difference
+  awk -F, -v tol="$3" 'NR == FNR { if ($1 == "train") a[$2] = $3; next }
+       $1 == "train" { n++; d = a[$2] - $3; if (d < 0) d = -d; r = d / a[$2]; if (r > w) w = r }
+       END { printf "%d steps, worst relative loss difference %.3g", n, w; exit !(n == 30 && w <= tol) }' \
+    "$work/$1/metrics.csv" "$work/$2/metrics.csv"
+}
+
+for np in 1 2 4; do run $np r$np; done
+for np in 2 4; do
+  msg=$(compare_losses r1 r$np 1e-5) && ok "1 vs $np ranks: $msg" || bad "1 vs $np ranks: $msg"
+  msg=$(compare_losses r1 r$np 0) && ok "1 vs $np ranks: losses identical to the printed digit" || bad "1 vs $np ranks not identical: $msg"
+  msg=$($py "$repo/tools/compare_ckpt.py" "$work/r1/ckpt_00000030.h5" "$work/r$np/ckpt_00000030.h5" --optimizer --quiet --tol 1e-5) \
+    && ok "checkpoints of 1 and $np ranks within 1e-5 per tensor: $msg" || bad "checkpoints of 1 and $np ranks: $msg"
+  msg=$($py "$repo/tools/compare_ckpt.py" "$work/r1/ckpt_00000030.h5" "$work/r$np/ckpt_00000030.h5" --optimizer --quiet --tol 0) \
+    && ok "checkpoints of 1 and $np ranks bit-identical" || bad "checkpoints of 1 and $np ranks not bit-identical: $msg"
+done
+
+# a checkpoint written by 4 ranks, evaluated on 1, 2 and 4 ranks (and 3: experts not divisible, one group)
+ref=$("$bin" eval "$work/r4/ckpt_00000030.h5" --data "$work/text.txt")
+echo "eval on 1 rank: $ref"
+[ -n "$ref" ] || bad "eval on 1 rank printed nothing"
+for np in 2 3 4; do
+  got=$("$mpiexec" -n $np --oversubscribe "$bin" eval "$work/r4/ckpt_00000030.h5" --data "$work/text.txt" --batch 3 2>&1)
+  [ "$got" = "$ref" ] && ok "4-rank checkpoint evaluates the same on $np ranks" || bad "eval on $np ranks: $got"
+done
+
+# the default (one gradient slice per rank) is not bit-identical across rank
+# counts but stays within float tolerance at first
+run 1 d1 grad_chunks=0
+run 2 d2 grad_chunks=0
+msg=$(awk -F, 'NR == FNR { if ($1 == "train") a[$2] = $3; next }
+     $1 == "train" && $2 <= 10 { d = a[$2] - $3; if (d < 0) d = -d; r = d / a[$2]; if (r > w) w = r }
+     END { printf "steps 1-10: worst relative difference %.3g", w; exit !(w <= 1e-5) }' "$work/d1/metrics.csv" "$work/d2/metrics.csv") \
+  && ok "grad_chunks=0, 1 vs 2 ranks: $msg" || bad "grad_chunks=0, 1 vs 2 ranks: $msg"
+exit $fail
