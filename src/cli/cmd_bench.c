@@ -43,16 +43,18 @@ static int add_dense(shape *s, int n, int M, int N, int K, double count) {
     return n;
 }
 
-static int model_shapes(const nm_config *c, shape *s) {
-    int n = 0, Nt = c->batch_size * c->block_size, C = c->d_model, F = c->d_ff, E = c->n_experts;
+/* The products of one training step on this rank: B local sequences, El
+ * local experts each with an even share of the group's token copies. */
+static int model_shapes(const nm_config *c, int B, int Q, int El, shape *s) {
+    int n = 0, Nt = B * c->block_size, C = c->d_model, F = c->d_ff, E = c->n_experts;
     int T = c->block_size, hd = C / c->n_heads, L = c->n_layers;
-    int ne = (int)((long)Nt * c->top_k / E); /* balanced routing */
-    double BH = (double)c->batch_size * c->n_heads;
+    int ne = (int)((long)Nt * Q * c->top_k / E); /* rows per expert, balanced routing */
+    double BH = (double)B * c->n_heads;
     n = add_dense(s, n, Nt, 3 * C, C, L);
     n = add_dense(s, n, Nt, C, C, L);
     n = add_dense(s, n, Nt, E, C, L);
-    n = add_dense(s, n, ne, F, C, (double)L * E);
-    n = add_dense(s, n, ne, C, F, (double)L * E);
+    n = add_dense(s, n, ne, F, C, (double)L * El);
+    n = add_dense(s, n, ne, C, F, (double)L * El);
     n = add_dense(s, n, Nt, c->vocab_size, C, 1);
     s[n++] = (shape){0, 1, T, T, hd, BH * L * 2, 1}; /* scores fwd, dP bwd */
     s[n++] = (shape){0, 0, T, hd, T, BH * L * 2, 1}; /* P V fwd, dQ bwd */
@@ -88,10 +90,11 @@ static double time_shape(const shape *sh, int BH, int mode, float *A, float *B, 
     return t / reps;
 }
 
-/* GFLOP/s of the model's matrix products, each weighted by its calls per step. */
-static double sgemm_rate(const nm_config *c, int mode, int nthreads) {
+/* GFLOP/s of the model's matrix products on this rank, each weighted by its
+ * calls per step. */
+static double sgemm_rate(const nm_config *c, int Bl, int Q, int El, int mode, int nthreads) {
     shape s[32];
-    int n = model_shapes(c, s), BH = c->batch_size * c->n_heads;
+    int n = model_shapes(c, Bl, Q, El, s), BH = Bl * c->n_heads;
     size_t maxa = 0, maxb = 0, maxc = 0;
     for (int i = 0; i < n; i++) {
         size_t mul = s[i].attn ? (size_t)BH : 1;
@@ -115,6 +118,12 @@ static double sgemm_rate(const nm_config *c, int mode, int nthreads) {
     free(B);
     free(Cm);
     return flops / sec / 1e9;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -165,19 +174,27 @@ int cmd_bench(int argc, char **argv) {
 
     nm_trainer t;
     if (nm_trainer_init(&t, &cfg, &data, MPI_COMM_WORLD, &err) != 0) return cli_error(&err);
+    nm_model *m = &t.model;
+    int P = m->nranks, Q = m->dist.ep, El = cfg.n_experts / Q, B = t.b1 - t.b0;
     const char *ct = getenv("OPENBLAS_CORETYPE");
     nm_log0("nanomoe bench: d_model %d, n_layers %d, n_heads %d, d_ff %d, n_experts %d, top_k %d, batch %d x %d\n",
             cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.n_experts, cfg.top_k, cfg.batch_size, cfg.block_size);
-    nm_log0("%d rank(s) x %d thread(s); OPENBLAS_CORETYPE=%s; %ld warm-up + %ld timed steps\n", t.model.nranks,
-            t.model.nthreads, ct ? ct : "(unset)", warmup, steps);
+    nm_log0("%d rank(s) x %d thread(s), expert_parallel %d; OPENBLAS_CORETYPE=%s; %ld warm-up + %ld timed steps\n", P,
+            m->nthreads, Q, ct ? ct : "(unset)", warmup, steps);
     for (long i = 0; i < warmup; i++) nm_train_step(&t);
-    memset(&t.model.timers, 0, sizeof t.model.timers);
+    memset(&m->timers, 0, sizeof m->timers);
+    m->dispatch.bytes_sent = 0;
     double *dt = nm_malloc(sizeof(double) * (size_t)steps);
+    NM_MPI_CHECK(MPI_Barrier(m->comm));
+    double cpu0 = cpu_seconds();
     for (long i = 0; i < steps; i++) {
         double t0 = nm_now();
         nm_train_step(&t);
         dt[i] = nm_now() - t0;
     }
+    double cpu = cpu_seconds() - cpu0; /* this process's threads, whatever else shares the cores */
+    /* the slowest rank sets the pace */
+    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, dt, (int)steps, MPI_DOUBLE, MPI_MAX, m->comm));
     double total = 0.0;
     for (long i = 0; i < steps; i++) total += dt[i];
     qsort(dt, (size_t)steps, sizeof *dt, cmp_double);
@@ -190,19 +207,39 @@ int cmd_bench(int argc, char **argv) {
     nm_log0("model FLOPs: %.2f MFLOP/token (%.2f forward) -> %.1f GFLOP/s\n", fpt / 1e6,
             nm_model_flops_per_token(&cfg, cfg.block_size, 0) / 1e6, gflops);
 
-    nm_log0("\ntime per step by op:\n");
+    nm_log0("\ntime per step by op (rank 0):\n");
     double tsum = 0.0;
-    for (int i = 0; i < NM_T_COUNT; i++) tsum += t.model.timers.sec[i];
+    for (int i = 0; i < NM_T_COUNT; i++) tsum += m->timers.sec[i];
     for (int i = 0; i < NM_T_COUNT; i++)
-        nm_log0("  %-12s %8.2f ms  %5.1f%%\n", nm_timer_name((nm_timer_id)i), t.model.timers.sec[i] / steps * 1e3,
-                100.0 * t.model.timers.sec[i] / (tsum > 0 ? tsum : 1));
+        nm_log0("  %-12s %8.2f ms  %5.1f%%\n", nm_timer_name((nm_timer_id)i), m->timers.sec[i] / steps * 1e3,
+                100.0 * m->timers.sec[i] / (tsum > 0 ? tsum : 1));
     nm_log0("  %-12s %8.2f ms  (step time not covered by the timers)\n", "other", (total - tsum) / steps * 1e3);
 
-    double split = sgemm_rate(&cfg, 0, t.model.nthreads);
-    double own = sgemm_rate(&cfg, 1, t.model.nthreads);
+    /* per rank: compute, all-to-all, all-reduce, and the bytes each sends */
+    double mine[5] = {0, m->timers.sec[NM_T_ALLTOALL], m->timers.sec[NM_T_ALLREDUCE], m->dispatch.bytes_sent, cpu};
+    mine[0] = tsum - mine[1] - mine[2];
+    double *all = nm_malloc(sizeof(double) * 5 * (size_t)P);
+    NM_MPI_CHECK(MPI_Gather(mine, 5, MPI_DOUBLE, all, 5, MPI_DOUBLE, 0, m->comm));
+    /* each exchange moves every token copy that leaves its rank: 4 per layer
+     * and step (forward there and back, backward there and back) */
+    double minimum = 4.0 * cfg.n_layers * (double)B * cfg.block_size * cfg.top_k * cfg.d_model * 4.0 * (Q - 1) / Q;
+    nm_log0("\nper rank and step: wall ms in compute | all-to-all | all-reduce, CPU ms of the process, all-to-all MB "
+            "sent (minimum for even routing: %.2f MB)\n", minimum / 1e6);
+    for (int r = 0; r < P; r++)
+        nm_log0("  rank %-3d %9.2f %12.2f %12.2f %10.2f %10.2f\n", r, all[5 * r] / steps * 1e3,
+                all[5 * r + 1] / steps * 1e3, all[5 * r + 2] / steps * 1e3, all[5 * r + 4] / steps * 1e3,
+                all[5 * r + 3] / steps / 1e6);
+    nm_log0("dense gradient all-reduce: %zu floats = %.2f MB per step\n", m->layout.n_dense,
+            m->layout.n_dense * 4.0 / 1e6);
+    free(all);
+
+    /* every rank measures its own shapes at once, as in training: the sum is the machine's rate */
+    double rate[2] = {sgemm_rate(&cfg, B, Q, El, 0, m->nthreads), sgemm_rate(&cfg, B, Q, El, 1, m->nthreads)};
+    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, rate, 2, MPI_DOUBLE, MPI_SUM, m->comm));
+    double split = rate[0], own = rate[1];
     nm_log0("\nsgemm on the model's shapes: %.1f GFLOP/s split over %d thread(s) as in training, %.1f GFLOP/s "
-            "with OpenBLAS's own threading\n",
-            split, t.model.nthreads, own);
+            "with OpenBLAS's own threading%s\n",
+            split, m->nthreads, own, P > 1 ? " (summed over ranks, measured concurrently)" : "");
     double best = split > own ? split : own;
     nm_log0("ratio: step FLOP rate / best sgemm rate = %.1f / %.1f = %.2f\n", gflops, best, gflops / best);
     struct rusage ru;

@@ -48,7 +48,9 @@ int cmd_eval(int argc, char **argv) {
     if (cli_load_model(path, MPI_COMM_WORLD, (int)batch, 0, &m, &vocab, &meta, &err) != 0) return cli_error(&err);
     nm_dataset data;
     if (!data_path) data_path = m.cfg.data;
-    if (nm_dataset_load(&data, data_path, &vocab, &err) != 0) {
+    int loaded = nm_dataset_load(&data, data_path, &vocab, &err) == 0;
+    if (!cli_agree(loaded, &err)) {
+        if (loaded) nm_dataset_free(&data);
         nm_model_free(&m);
         return cli_error(&err);
     }

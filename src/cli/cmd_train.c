@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,8 @@ static void help(void) {
            "Rank 0 prints a progress line every log_interval steps and an eval line at step 1,\n"
            "every eval_interval steps and at the end. out_dir receives:\n"
            "  config.ini              the full configuration of the run\n"
-           "  metrics.csv             every progress and eval figure (kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s)\n"
+           "  metrics.csv             every progress and eval figure\n"
+           "                          (kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s,dropped)\n"
            "  ckpt_<step:08d>.h5      checkpoints every ckpt_interval steps and at the end (schema v1)\n"
            "\n"
            "options:\n"
@@ -85,7 +87,12 @@ static int setup(int argc, char **argv, int force, nm_config *cfg, nm_dataset *d
         if (dot && dot != name) *dot = '\0';
         snprintf(cfg->out_dir, sizeof cfg->out_dir, "runs/%s", name);
     }
-    if (nm_dataset_load(data, cfg->data, NULL, err) != 0) return -1;
+    /* every rank reads the data: a node may lack it */
+    int loaded = nm_dataset_load(data, cfg->data, NULL, err) == 0;
+    if (!cli_agree(loaded, err)) {
+        if (loaded) nm_dataset_free(data);
+        return -1;
+    }
     if (nm_dataset_check_windows(data, cfg->block_size, cfg->data, err) != 0) return -1;
     cfg->vocab_size = data->vocab.size;
     /* out_dir problems are found on rank 0 and shared */
@@ -104,9 +111,7 @@ static int setup(int argc, char **argv, int force, nm_config *cfg, nm_dataset *d
             }
         }
     }
-    NM_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
-    NM_MPI_CHECK(MPI_Bcast(err->msg, sizeof err->msg, MPI_CHAR, 0, MPI_COMM_WORLD));
-    return ok ? 0 : -1;
+    return cli_agree(ok, err) ? 0 : -1;
 }
 
 static FILE *open_metrics(const nm_config *cfg, nm_error *err) {
@@ -126,7 +131,7 @@ static FILE *open_metrics(const nm_config *cfg, nm_error *err) {
         nm_fail(err, "cannot write '%s': %s", p, strerror(errno));
         return NULL;
     }
-    fprintf(f, "kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s\n");
+    fprintf(f, "kind,step,loss,ce,aux,lr,tokens_per_s,elapsed_s,dropped\n");
     fflush(f);
     return f;
 }
@@ -156,8 +161,7 @@ int cmd_train(int argc, char **argv) {
     FILE *metrics = NULL;
     int ok = 1;
     if (nm_world_rank() == 0 && !(metrics = open_metrics(&cfg, &err))) ok = 0;
-    NM_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD));
-    if (!ok) return cli_error(&err);
+    if (!cli_agree(ok, &err)) return cli_error(&err);
 
     nm_trainer t;
     if (nm_trainer_init(&t, &cfg, &data, MPI_COMM_WORLD, &err) != 0) return cli_error(&err);
@@ -173,8 +177,17 @@ int cmd_train(int argc, char **argv) {
     nm_log0("data %s: %zu characters, vocab %d, train %zu, val %zu\n", cfg.data, data.n_tokens, data.vocab.size,
             data.n_train, data.n_tokens - data.n_train);
     nm_log0("model: %s parameters (dense %s, experts %s; active per token %s)\n", a, b, d, e);
-    nm_log0("training: %d steps of %d x %d = %ld tokens, lr %.1e (%s), %d rank(s) x %d thread(s)\n", cfg.max_iters,
-            cfg.batch_size, T, tok_step, cfg.learning_rate, cfg.lr_schedule, t.model.nranks, t.model.nthreads);
+    nm_log0("training: %d steps of %d x %d = %ld tokens, lr %.1e (%s)\n", cfg.max_iters, cfg.batch_size, T, tok_step,
+            cfg.learning_rate, cfg.lr_schedule);
+    const nm_dist *dd = &t.model.dist;
+    nm_log0("ranks: %d x %d thread(s); expert_parallel %d (%d expert(s) per rank per layer), %d cop%s of each "
+            "expert; grad_chunks %d%s\n",
+            dd->size, t.model.nthreads, dd->ep, cfg.n_experts / dd->ep, dd->size / dd->ep,
+            dd->size / dd->ep == 1 ? "y" : "ies", cfg.grad_chunks,
+            cfg.grad_chunks > 0 ? " (bit-identical across power-of-two rank counts dividing it)" : "");
+    if (cfg.capacity_factor > 0)
+        nm_log0("capacity: %.3g x an even share = %ld token copies per expert and layer\n", cfg.capacity_factor,
+                (long)ceil(cfg.capacity_factor * tok_step * cfg.top_k / cfg.n_experts));
 
     double t_start = nm_now(), t_train = 0.0, t_interval = 0.0;
     int interval_steps = 0, rc = 0;
@@ -186,15 +199,21 @@ int cmd_train(int argc, char **argv) {
         t_interval += dt;
         interval_steps++;
         double lr = nm_lr_at(&cfg, step);
+        double dropped = 0.0;
+        for (int li = 0; li < cfg.n_layers; li++) dropped += t.model.dropped[li];
         if (step % cfg.log_interval == 0 || step == 1 || step == cfg.max_iters) {
             double tps = interval_steps * tok_step / t_interval;
             char eta[32];
             cli_duration(t_train / step * (cfg.max_iters - step), eta, sizeof eta);
-            nm_log0("step %d/%d | loss %.4f | ce %.4f | aux %.4f | lr %.1e | %.0f tok/s | eta %s\n", step,
-                    cfg.max_iters, l.loss, l.ce, l.aux, lr, tps, eta);
+            char drop[64] = "";
+            if (cfg.capacity_factor > 0)
+                snprintf(drop, sizeof drop, " | dropped %.0f (%.2f%%)", dropped,
+                         100.0 * dropped / ((double)tok_step * cfg.top_k * cfg.n_layers));
+            nm_log0("step %d/%d | loss %.4f | ce %.4f | aux %.4f | lr %.1e | %.0f tok/s | eta %s%s\n", step,
+                    cfg.max_iters, l.loss, l.ce, l.aux, lr, tps, eta, drop);
             if (metrics) {
-                fprintf(metrics, "train,%d,%.6f,%.6f,%.6f,%.6g,%.1f,%.3f\n", step, l.loss, l.ce, l.aux, lr, tps,
-                        nm_now() - t_start);
+                fprintf(metrics, "train,%d,%.6f,%.6f,%.6f,%.6g,%.1f,%.3f,%.0f\n", step, l.loss, l.ce, l.aux, lr, tps,
+                        nm_now() - t_start, dropped);
                 fflush(metrics);
             }
             t_interval = 0.0;
@@ -204,7 +223,7 @@ int cmd_train(int argc, char **argv) {
             nm_losses v = nm_evaluate(&t);
             nm_log0("eval step %d | val %.4f | ce %.4f | aux %.4f\n", step, v.loss, v.ce, v.aux);
             if (metrics) {
-                fprintf(metrics, "eval,%d,%.6f,%.6f,%.6f,%.6g,,%.3f\n", step, v.loss, v.ce, v.aux, lr,
+                fprintf(metrics, "eval,%d,%.6f,%.6f,%.6f,%.6g,,%.3f,\n", step, v.loss, v.ce, v.aux, lr,
                         nm_now() - t_start);
                 fflush(metrics);
             }
