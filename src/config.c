@@ -41,7 +41,7 @@ static const nm_config_key KEYS[] = {
     {"grad_clip", "training", NM_KEY_FLOAT, OFF(grad_clip), SZ(grad_clip), 0, BIG, 0, 1, "clip the global gradient norm to this (0 = off, reference)"},
     {"decay_norms_biases", "training", NM_KEY_INT, OFF(decay_norms_biases), SZ(decay_norms_biases), 0, 1, 0, 1, "1 = weight decay on every parameter (reference); 0 = not on biases and norms"},
     {"capacity_factor", "training", NM_KEY_FLOAT, OFF(capacity_factor), SZ(capacity_factor), 0, 1e6, 0, 1, "expert capacity as a multiple of an even share of the global batch's token slots; extra slots skip the expert (0 = dropless, reference)"},
-    {"grad_chunks", "training", NM_KEY_INT, OFF(grad_chunks), SZ(grad_chunks), 0, 65536, 0, 1, "sum dense gradients over this many fixed slices of the batch in a fixed tree: runs on any power-of-two rank count dividing it are bit-identical (0 = one slice per rank)"},
+    {"grad_chunks", "training", NM_KEY_INT, OFF(grad_chunks), SZ(grad_chunks), 0, 65536, 0, 1, "sum gradients over this many fixed slices of the batch as a fixed tree, so that runs on any power-of-two rank count dividing it are bit-identical (0 = auto: the largest power of two <= 8 dividing batch_size)"},
     {"expert_parallel", "run", NM_KEY_INT, OFF(expert_parallel), SZ(expert_parallel), 0, 65536, 0, 1, "ranks sharing one copy of the experts; must divide ranks and n_experts (0 = min(ranks, n_experts))"},
     {"data", "run", NM_KEY_STRING, OFF(data), SZ(data), 0, 0, 0, 1, "training text file (bytes are tokens)"},
     {"out_dir", "run", NM_KEY_STRING, OFF(out_dir), SZ(out_dir), 0, 0, 0, 1, "run directory (default runs/<config name>)"},

@@ -148,11 +148,24 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
     m->dropped = nm_calloc((size_t)cfg->n_layers, sizeof(double));
     size_t nr = m->layout.n_dense > m->layout.n_expert ? m->layout.n_dense : m->layout.n_expert;
     m->reduce_scratch = nm_malloc(sizeof(float) * (nr ? nr : 1));
-    nm_model_set_grad_chunks(m, 1);
+    nm_model_set_grad_chunks(m, 1, 0);
     return 0;
 }
 
-void nm_model_set_grad_chunks(nm_model *m, int chunks) {
+int nm_grad_chunks_plan(const nm_config *cfg, int P, int *G, int *tree, nm_error *err) {
+    int g = cfg->grad_chunks;
+    if (g == 0)
+        for (g = 1; g < 8 && cfg->batch_size % (2 * g) == 0;) g *= 2;
+    *G = g;
+    *tree = nm_is_pow2(P) && g % P == 0;
+    if (cfg->grad_chunks > 0 && !*tree)
+        return nm_fail(err, "config: grad_chunks=%d needs a power-of-two rank count that divides it (this run has %d)",
+                       cfg->grad_chunks, P);
+    return 0;
+}
+
+void nm_model_set_grad_chunks(nm_model *m, int chunks, int tree) {
+    m->tree_reduce = tree;
     for (int c = 1; c < m->grad_chunks; c++) free(m->chunk_grads[c]);
     for (int c = 0; c < m->grad_chunks; c++) nm_view_free(&m->chunk_view[c]);
     free(m->chunk_grads);
@@ -426,7 +439,7 @@ void nm_model_reduce_grads(nm_model *m) {
 #pragma omp parallel for simd if (nd > 65536)
             for (size_t i = 0; i < nd; i++) dst[i] += src[i];
         }
-    int tree = m->cfg.grad_chunks > 0;
+    int tree = m->tree_reduce;
     nm_dist_sum(m->grads[0], nd, m->comm, tree, m->reduce_scratch);
     /* expert gradients only across replicas of the same experts */
     if (m->dist.rep_size > 1) nm_dist_sum(m->grads[1], m->layout.n_expert, m->dist.rep_comm, tree, m->reduce_scratch);

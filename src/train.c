@@ -19,13 +19,12 @@ int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data,
     if (cfg->batch_size < size)
         return nm_fail(err, "config: batch_size=%d must be >= the number of ranks (%d): each rank takes a slice of the "
                        "global batch", cfg->batch_size, size);
-    if (cfg->grad_chunks > 0 && cfg->grad_chunks % size != 0)
-        return nm_fail(err, "config: grad_chunks=%d must be a multiple of the number of ranks (%d)", cfg->grad_chunks,
-                       size);
+    int G, tree;
+    if (nm_grad_chunks_plan(cfg, size, &G, &tree, err) != 0) return -1;
     nm_dist_batch_slice(cfg->batch_size, rank, size, &t->b0, &t->b1);
     int B = t->b1 - t->b0;
     if (nm_model_create(&t->model, cfg, comm, B, cfg->block_size, err) != 0) return -1;
-    if (cfg->grad_chunks > 0) nm_model_set_grad_chunks(&t->model, cfg->grad_chunks / size);
+    nm_model_set_grad_chunks(&t->model, tree ? G / size : 1, tree);
     nm_adamw_init(&t->opt, &t->model.layout, cfg);
     size_t n = (size_t)B * cfg->block_size;
     t->x = nm_malloc(sizeof(int32_t) * n);

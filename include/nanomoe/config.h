@@ -23,7 +23,7 @@ typedef struct nm_config {
     double min_lr, grad_clip;
     int decay_norms_biases; /* 1 = weight decay on every parameter (reference) */
     double capacity_factor; /* 0 = dropless (reference) */
-    int grad_chunks;        /* 0 = one per rank; G > 0: fixed slices summed in a fixed tree */
+    int grad_chunks;        /* fixed batch slices summed as a fixed tree (0 = auto) */
     /* parallelism */
     int expert_parallel;    /* 0 = min(ranks, n_experts) */
     /* run */

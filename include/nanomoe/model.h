@@ -63,6 +63,7 @@ typedef struct nm_model {
     /* Dense gradients are formed per chunk of consecutive local sequences, each
      * in its own block (chunk 0 is grads[0]), and summed as a fixed tree. */
     int grad_chunks;             /* local chunks */
+    int tree_reduce;             /* sums over ranks follow the fixed tree (bit-identical across rank counts) */
     float **chunk_grads;         /* [grad_chunks] dense blocks */
     nm_param_view *chunk_view;   /* [grad_chunks] views: dense part per chunk, experts shared */
     float *reduce_scratch;       /* [max(n_dense, n_expert)] */
@@ -96,13 +97,20 @@ void nm_model_zero_grad(nm_model *m);
 /* Adds the gradient of the last forward's loss (which must have had targets).
  * Collective over the expert-parallel group. */
 void nm_model_backward(nm_model *m);
-/* Sums the gradients of all ranks: dense over every rank (as a fixed tree when
- * cfg.grad_chunks > 0), experts over their replicas; never across owners. */
+/* Sums the gradients of all ranks: dense over every rank, experts over their
+ * replicas, never across owners; as a fixed tree when tree_reduce is set. */
 void nm_model_reduce_grads(nm_model *m);
 
 /* Sets how many gradient chunks the local batch of B sequences is cut into
- * (1 = plain). B must be a multiple. */
-void nm_model_set_grad_chunks(nm_model *m, int chunks);
+ * (1 = plain; B must be a multiple) and whether sums over ranks follow the
+ * fixed tree. */
+void nm_model_set_grad_chunks(nm_model *m, int chunks, int tree);
+
+/* The gradient slicing of a run: the global chunk count G (cfg.grad_chunks, or
+ * for 0 the largest power of two <= 8 dividing batch_size), and whether P
+ * ranks can follow its fixed tree (P a power of two dividing G). An explicit
+ * G that P ranks cannot follow is an error. */
+int nm_grad_chunks_plan(const nm_config *cfg, int P, int *G, int *tree, nm_error *err);
 
 /* Model FLOPs per token (matrix products only; attention counted over the
  * full T x T), forward only or forward + backward (3x). */

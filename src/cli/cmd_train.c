@@ -181,10 +181,20 @@ int cmd_train(int argc, char **argv) {
             cfg.learning_rate, cfg.lr_schedule);
     const nm_dist *dd = &t.model.dist;
     nm_log0("ranks: %d x %d thread(s); expert_parallel %d (%d expert(s) per rank per layer), %d cop%s of each "
-            "expert; grad_chunks %d%s\n",
+            "expert\n",
             dd->size, t.model.nthreads, dd->ep, cfg.n_experts / dd->ep, dd->size / dd->ep,
-            dd->size / dd->ep == 1 ? "y" : "ies", cfg.grad_chunks,
-            cfg.grad_chunks > 0 ? " (bit-identical across power-of-two rank counts dividing it)" : "");
+            dd->size / dd->ep == 1 ? "y" : "ies");
+    int G, tree;
+    nm_grad_chunks_plan(&cfg, dd->size, &G, &tree, &err);
+    if (tree && dd->ep == dd->size)
+        nm_log0("gradients: summed as a fixed tree over %d batch slices: bit-identical to runs on the other "
+                "power-of-two rank counts that divide %d and keep one copy of each expert\n", G, G);
+    else if (tree)
+        nm_log0("gradients: summed as a fixed tree over %d batch slices; expert replicas add their sums, so "
+                "results differ from other rank counts at float rounding\n", G);
+    else
+        nm_log0("gradients: summed by MPI_Allreduce (%d ranks cannot follow the fixed tree over %d slices): results "
+                "differ from other rank counts at float rounding\n", dd->size, G);
     if (cfg.capacity_factor > 0)
         nm_log0("capacity: %.3g x an even share = %ld token copies per expert and layer\n", cfg.capacity_factor,
                 (long)ceil(cfg.capacity_factor * tok_step * cfg.top_k / cfg.n_experts));
