@@ -141,6 +141,8 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
     m->cap_B = B;
     m->cap_T = T;
     acts_alloc(m);
+    size_t rows = m->dispatch.max_rows_in > (size_t)B * T ? m->dispatch.max_rows_in : (size_t)B * T;
+    nm_colsum_reserve(rows); /* bias gradients of any row count, without allocating in the step */
     m->aux_layer = nm_calloc((size_t)cfg->n_layers, sizeof(double));
     m->dprob = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
     m->dprob_scaled = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));

@@ -146,6 +146,8 @@ static float *ones_vec(size_t n) {
     return r;
 }
 
+void nm_colsum_reserve(size_t rows) { ones_vec(rows); }
+
 void nm_colsum_add(float *db, const float *dout, int N, int Dout) {
     if (N <= 0) return;
     /* db += dout^T 1: sgemv reads the rows contiguously (3-10x faster than a

@@ -27,6 +27,9 @@ void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, con
                        int Din, int Dout);
 /* db[Dout] += column sums of dout[N, Dout], in row order. */
 void nm_colsum_add(float *db, const float *dout, int N, int Dout);
+/* Sizes the helper of nm_colsum_add for up to `rows` rows now, so that later
+ * calls allocate nothing. */
+void nm_colsum_reserve(size_t rows);
 
 /* tanh GELU: out[n] = 0.5 u (1 + tanh(sqrt(2/pi)(u + 0.044715 u^3))). out may alias inp. */
 void nm_gelu_forward(float *out, const float *inp, size_t n);
