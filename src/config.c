@@ -47,6 +47,9 @@ static const nm_config_key KEYS[] = {
     {"out_dir", "run", NM_KEY_STRING, OFF(out_dir), SZ(out_dir), 0, 0, 0, 1, "run directory (default runs/<config name>)"},
     {"log_interval", "run", NM_KEY_INT, OFF(log_interval), SZ(log_interval), 1, 2000000000, 0, 1, "progress line every N steps"},
     {"ckpt_interval", "run", NM_KEY_INT, OFF(ckpt_interval), SZ(ckpt_interval), 0, 2000000000, 0, 1, "checkpoint every N steps (0 = only at the end)"},
+    {"stats_interval", "run", NM_KEY_INT, OFF(stats_interval), SZ(stats_interval), 1, 2000000000, 0, 1, "append a row of metrics and routing statistics to out_dir/run.h5 every N steps"},
+    {"keep_last", "run", NM_KEY_INT, OFF(keep_last), SZ(keep_last), 0, 2000000000, 0, 1, "keep only the newest N checkpoints in out_dir (0 = keep all)"},
+    {"resume", "run", NM_KEY_STRING, OFF(resume), SZ(resume), 0, 0, 0, 1, "auto (newest valid checkpoint in out_dir, else a new run) or a checkpoint path; empty = new run"},
 };
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 
@@ -82,6 +85,9 @@ void nm_config_defaults(nm_config *c) {
     c->out_dir[0] = '\0';
     c->log_interval = 10;
     c->ckpt_interval = 0;
+    c->stats_interval = 10;
+    c->keep_last = 0;
+    c->resume[0] = '\0';
 }
 
 int nm_config_nkeys(void) { return NKEYS; }

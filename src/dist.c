@@ -61,31 +61,49 @@ void nm_dist_free(nm_dist *d) {
     memset(d, 0, sizeof *d);
 }
 
-void nm_dist_sum(float *buf, size_t n, MPI_Comm comm, int tree, float *scratch) {
+/* buf += scratch, element type float or double. */
+static void add_f(void *buf, const void *scratch, size_t n) {
+    float *b = buf;
+    const float *s = scratch;
+    for (size_t i = 0; i < n; i++) b[i] = b[i] + s[i];
+}
+
+static void add_d(void *buf, const void *scratch, size_t n) {
+    double *b = buf;
+    const double *s = scratch;
+    for (size_t i = 0; i < n; i++) b[i] = b[i] + s[i];
+}
+
+static void dist_sum(void *buf, size_t n, size_t esize, MPI_Datatype type, MPI_Comm comm, int tree, void *scratch,
+                     void (*add)(void *, const void *, size_t)) {
     int P, r;
     NM_MPI_CHECK(MPI_Comm_size(comm, &P));
     if (P == 1 || n == 0) return;
     NM_MPI_CHECK(MPI_Comm_rank(comm, &r));
+    const size_t max = 1u << 30; /* MPI counts are ints */
+    char *b = buf, *sc = scratch;
     if (!tree || !nm_is_pow2(P)) {
         /* MPI's reduction order is its own: the same on every rank, but not across rank counts */
-        for (size_t o = 0; o < n; o += 1u << 30) {
-            int cnt = (int)(n - o < (1u << 30) ? n - o : (1u << 30));
-            NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + o, cnt, MPI_FLOAT, MPI_SUM, comm));
-        }
+        for (size_t o = 0; o < n; o += max)
+            NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, b + o * esize, (int)(n - o < max ? n - o : max), type, MPI_SUM, comm));
         return;
     }
     for (int dist = 1; dist < P; dist <<= 1) {
         int partner = r ^ dist;
-        for (size_t o = 0; o < n; o += 1u << 30) {
-            int cnt = (int)(n - o < (1u << 30) ? n - o : (1u << 30));
-            NM_MPI_CHECK(MPI_Sendrecv(buf + o, cnt, MPI_FLOAT, partner, 77, scratch + o, cnt, MPI_FLOAT, partner, 77,
-                                      comm, MPI_STATUS_IGNORE));
+        for (size_t o = 0; o < n; o += max) {
+            int cnt = (int)(n - o < max ? n - o : max);
+            NM_MPI_CHECK(MPI_Sendrecv(b + o * esize, cnt, type, partner, 77, sc + o * esize, cnt, type, partner, 77, comm,
+                                      MPI_STATUS_IGNORE));
         }
-        /* lower half + upper half, on both partners: the same bits */
-        if (r < partner) {
-            for (size_t i = 0; i < n; i++) buf[i] = buf[i] + scratch[i];
-        } else {
-            for (size_t i = 0; i < n; i++) buf[i] = scratch[i] + buf[i];
-        }
+        /* float addition commutes: lower + upper gives the same bits on both partners */
+        add(buf, scratch, n);
     }
+}
+
+void nm_dist_sum(float *buf, size_t n, MPI_Comm comm, int tree, float *scratch) {
+    dist_sum(buf, n, sizeof(float), MPI_FLOAT, comm, tree, scratch, add_f);
+}
+
+void nm_dist_sum_d(double *buf, size_t n, MPI_Comm comm, int tree, double *scratch) {
+    dist_sum(buf, n, sizeof(double), MPI_DOUBLE, comm, tree, scratch, add_d);
 }

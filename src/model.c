@@ -146,9 +146,12 @@ int nm_model_create(nm_model *m, const nm_config *cfg, MPI_Comm comm, int B, int
     m->aux_layer = nm_calloc((size_t)cfg->n_layers, sizeof(double));
     m->dprob = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
     m->dprob_scaled = nm_calloc((size_t)cfg->n_layers * cfg->n_experts, sizeof(double));
-    m->stats = nm_calloc((size_t)cfg->n_layers * (2 * cfg->n_experts + 1), sizeof(double));
+    size_t S = nm_stats_len(cfg);
+    m->stats = nm_calloc(S, sizeof(double));
+    m->seq_stats = nm_calloc((size_t)(B > 0 ? B : 1) * S, sizeof(double));
     m->dropped = nm_calloc((size_t)cfg->n_layers, sizeof(double));
     size_t nr = m->layout.n_dense > m->layout.n_expert ? m->layout.n_dense : m->layout.n_expert;
+    if (nr < 2 * S) nr = 2 * S; /* the statistics reduction uses it as doubles */
     m->reduce_scratch = nm_malloc(sizeof(float) * (nr ? nr : 1));
     nm_model_set_grad_chunks(m, 1, 0);
     return 0;
@@ -172,7 +175,9 @@ void nm_model_set_grad_chunks(nm_model *m, int chunks, int tree) {
     for (int c = 0; c < m->grad_chunks; c++) nm_view_free(&m->chunk_view[c]);
     free(m->chunk_grads);
     free(m->chunk_view);
+    free(m->chunk_stats);
     m->grad_chunks = chunks < 1 ? 1 : chunks;
+    m->chunk_stats = nm_calloc((size_t)m->grad_chunks * nm_stats_len(&m->cfg), sizeof(double));
     m->chunk_grads = nm_calloc((size_t)m->grad_chunks, sizeof(float *));
     m->chunk_view = nm_calloc((size_t)m->grad_chunks, sizeof(nm_param_view));
     for (int c = 0; c < m->grad_chunks; c++) {
@@ -194,6 +199,8 @@ void nm_model_free(nm_model *m) {
     for (int c = 0; c < m->grad_chunks; c++) nm_view_free(&m->chunk_view[c]);
     free(m->chunk_grads);
     free(m->chunk_view);
+    free(m->chunk_stats);
+    free(m->seq_stats);
     free(m->reduce_scratch);
     free(m->dropped);
     nm_dispatch_free(&m->dispatch);
@@ -268,40 +275,57 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
                          (float)c->layer_norm_eps);
     nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, (int)N, C, V);
-    double ce_sum = y ? nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V) : 0.0;
+    if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
     TOC(head, NM_T_HEAD);
 
-    /* router statistics (and dropped copies) of the whole global batch, then the aux loss per layer */
+    /* statistics of the whole global batch, summed like the gradients: per
+     * sequence, per chunk in order, as a tree over chunks, then over ranks */
     TIC(comm);
-    size_t ns = (size_t)L * (2 * E + 1);
-    double *st = m->stats;
-    memset(st, 0, sizeof(double) * ns);
+    size_t S = nm_stats_len(c);
+    memset(m->seq_stats, 0, sizeof(double) * (size_t)B * S);
+    for (int b = 0; b < B; b++) {
+        double *v = m->seq_stats + (size_t)b * S;
+        if (y)
+            for (int t = 0; t < T; t++) v[0] += a->losses[(long)b * T + t];
+        for (int l = 0; l < L; l++) {
+            const nm_moe_acts *ma = &a->layers[l].moe;
+            double *vl = v + NM_STAT_LAYER(l, E);
+            memcpy(vl + NM_STAT_PSUM, ma->psum + (size_t)b * E, sizeof(double) * E);
+            memcpy(vl + NM_STAT_TOP1(E), ma->top1 + (size_t)b * E, sizeof(double) * E);
+            vl[NM_STAT_ENTROPY(E)] = ma->ent[b];
+        }
+    }
+    int nch = m->grad_chunks > 1 && B % m->grad_chunks == 0 ? m->grad_chunks : 1, per = B / nch;
+    double *cs = m->chunk_stats;
+    memset(cs, 0, sizeof(double) * (size_t)nch * S);
+    for (int ch = 0; ch < nch; ch++)
+        for (int b = ch * per; b < (ch + 1) * per; b++)
+            for (size_t i = 0; i < S; i++) cs[(size_t)ch * S + i] += m->seq_stats[(size_t)b * S + i];
+    for (int step = 1; step < nch; step <<= 1)
+        for (int ch = 0; ch + step < nch; ch += 2 * step)
+            for (size_t i = 0; i < S; i++) cs[(size_t)ch * S + i] += cs[(size_t)(ch + step) * S + i];
+    /* counts per rank are integers: exact in any order */
     for (int l = 0; l < L; l++) {
         const nm_moe_acts *ma = &a->layers[l].moe;
-        for (int b = 0; b < B; b++)
-            for (int e = 0; e < E; e++) {
-                st[((size_t)l * 2 + 0) * E + e] += ma->psum[(size_t)b * E + e];
-                st[((size_t)l * 2 + 1) * E + e] += ma->top1[(size_t)b * E + e];
-            }
-        st[(size_t)L * 2 * E + l] = (double)ma->dropped;
+        double *vl = cs + NM_STAT_LAYER(l, E);
+        for (int e = 0; e < E; e++) vl[NM_STAT_COUNT(E) + e] = ma->count[e];
+        vl[NM_STAT_DROPPED(E)] = (double)ma->dropped;
     }
-    double buf[2] = {ce_sum, 0.0};
-    if (m->nranks > 1) {
-        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, st, (int)ns, MPI_DOUBLE, MPI_SUM, m->comm));
-        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf, 1, MPI_DOUBLE, MPI_SUM, m->comm));
-    }
-    for (int l = 0; l < L; l++) m->dropped[l] = st[(size_t)L * 2 * E + l];
+    memcpy(m->stats, cs, sizeof(double) * S);
+    nm_dist_sum_d(m->stats, S, m->comm, m->tree_reduce, (double *)m->reduce_scratch);
+    double *st = m->stats;
+    for (int l = 0; l < L; l++) m->dropped[l] = st[NM_STAT_LAYER(l, E) + NM_STAT_DROPPED(E)];
     TOC(comm, NM_T_ALLREDUCE);
     double ntok = (double)o->b_global * T;
     m->aux = 0.0;
     for (int l = 0; l < L; l++) {
-        m->aux_layer[l] = nm_router_aux(st + (size_t)l * 2 * E, st + ((size_t)l * 2 + 1) * E, ntok, E,
-                                        m->dprob + (size_t)l * E);
+        const double *sl = st + NM_STAT_LAYER(l, E);
+        m->aux_layer[l] = nm_router_aux(sl + NM_STAT_PSUM, sl + NM_STAT_TOP1(E), ntok, E, m->dprob + (size_t)l * E);
         m->aux += m->aux_layer[l];
         for (int e = 0; e < E; e++)
             m->dprob_scaled[(size_t)l * E + e] = c->aux_loss_coeff * m->dprob[(size_t)l * E + e];
     }
-    m->ce = y ? buf[0] / ntok : NAN;
+    m->ce = y ? st[0] / ntok : NAN;
     m->loss = m->ce + c->aux_loss_coeff * m->aux;
 }
 

@@ -50,6 +50,7 @@ void nm_moe_acts_alloc(nm_moe_acts *a, const nm_moe_dims *d, const nm_dispatch *
     size_t nseq = d->seq_len > 0 ? (size_t)(d->N / d->seq_len) : 0;
     a->psum = nm_malloc(sizeof(double) * (nseq ? nseq : 1) * d->E);
     a->top1 = nm_malloc(sizeof(double) * (nseq ? nseq : 1) * d->E);
+    a->ent = nm_malloc(sizeof(double) * (nseq ? nseq : 1));
 }
 
 void nm_moe_acts_free(nm_moe_acts *a) {
@@ -68,6 +69,7 @@ void nm_moe_acts_free(nm_moe_acts *a) {
     free(a->kept);
     free(a->psum);
     free(a->top1);
+    free(a->ent);
     memset(a, 0, sizeof *a);
 }
 
@@ -154,7 +156,7 @@ void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_v
                     nm_moe_scratch *s, nm_dispatch *x) {
     int N = d->N, C = d->C, F = d->F, E = d->E, K = d->K;
     double t0 = nm_now();
-    nm_router_forward(a->probs, a->topi, a->gates, a->psum, a->top1, m, w->router_w, N, C, E, K, d->seq_len);
+    nm_router_forward(a->probs, a->topi, a->gates, a->psum, a->top1, a->ent, m, w->router_w, N, C, E, K, d->seq_len);
     lap(s, NM_T_ROUTER, &t0);
     nm_moe_plan(a->slot, a->count, a->offset, a->topi, N, K, E);
     /* permute: each (token, k) copy of m lands in its expert's group */

@@ -8,8 +8,8 @@
 #include "nanomoe/gemm.h"
 #include "nanomoe/ops.h"
 
-void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, double *top1, const float *m,
-                       const float *Wr, int N, int C, int E, int K, int seq_len) {
+void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, double *top1, double *ent,
+                       const float *m, const float *Wr, int N, int C, int E, int K, int seq_len) {
     nm_dense_forward(probs, m, Wr, NULL, N, C, E); /* logits, turned into probs below */
 #pragma omp parallel for if ((long)N * E > 16384)
     for (int n = 0; n < N; n++) {
@@ -45,13 +45,17 @@ void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, 
     int nseq = N / seq_len;
 #pragma omp parallel for if ((long)N * E > 16384)
     for (int sq = 0; sq < nseq; sq++) {
-        double *ps = psum + (long)sq * E, *t1 = top1 + (long)sq * E;
+        double *ps = psum + (long)sq * E, *t1 = top1 + (long)sq * E, h = 0.0;
         for (int e = 0; e < E; e++) ps[e] = t1[e] = 0.0;
         for (int n = sq * seq_len; n < (sq + 1) * seq_len; n++) {
             const float *p = probs + (long)n * E;
-            for (int e = 0; e < E; e++) ps[e] += p[e];
+            for (int e = 0; e < E; e++) {
+                ps[e] += p[e];
+                if (p[e] > 0.0f) h -= (double)p[e] * log((double)p[e]);
+            }
             t1[topi[(long)n * K]] += 1.0;
         }
+        ent[sq] = h;
     }
 }
 

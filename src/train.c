@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nanomoe/ckpt.h"
 #include "nanomoe/error.h"
 
 int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err) {
@@ -38,6 +39,21 @@ void nm_trainer_free(nm_trainer *t) {
     free(t->x);
     free(t->y);
     memset(t, 0, sizeof *t);
+}
+
+int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err) {
+    nm_config cfg;
+    nm_vocab vocab;
+    nm_ckpt_meta meta;
+    if (nm_ckpt_read_header(path, t->model.comm, &cfg, &vocab, &meta, err) != 0) return -1;
+    if (!meta.has_optimizer) return nm_fail(err, "checkpoint '%s' has no /optimizer: it cannot continue a run", path);
+    if (vocab.size != t->data->vocab.size || memcmp(vocab.bytes, t->data->vocab.bytes, (size_t)vocab.size) != 0)
+        return nm_fail(err, "checkpoint '%s' was trained on another vocabulary (%d characters) than the data (%d)",
+                       path, vocab.size, t->data->vocab.size);
+    if (nm_ckpt_read_params(path, &t->model, &t->opt, err) != 0) return -1;
+    t->step = meta.step;
+    t->tokens_seen = meta.tokens_seen;
+    return 0;
 }
 
 /* Global L2 norm of the gradient, for clipping (after the reduction: dense

@@ -486,6 +486,7 @@ typedef struct {
     double *psum, *top1;
     int N, C, E, K, seq_len;
     double gcoef, coeff; /* L = gcoef * sum(wgate * gates) + coeff * aux */
+    double ent[64];      /* per-sequence router entropy (not checked here) */
 } router_ctx;
 
 static double batch_aux(const double *psum, const double *top1, int nseq, int E, double ntok, double *dprob) {
@@ -500,7 +501,8 @@ static double batch_aux(const double *psum, const double *top1, int nseq, int E,
 
 static double router_obj(void *p) {
     router_ctx *c = p;
-    nm_router_forward(c->probs, c->topi, c->gates, c->psum, c->top1, c->m, c->Wr, c->N, c->C, c->E, c->K, c->seq_len);
+    nm_router_forward(c->probs, c->topi, c->gates, c->psum, c->top1, c->ent, c->m, c->Wr, c->N, c->C, c->E, c->K,
+                      c->seq_len);
     if (c->topi_ref && memcmp(c->topi, c->topi_ref, sizeof(int32_t) * (size_t)c->N * c->K) != 0) return NAN;
     double L = c->gcoef * dotd(c->gates, c->wgate, (size_t)c->N * c->K);
     return L + c->coeff * batch_aux(c->psum, c->top1, c->N / c->seq_len, c->E, (double)c->N, NULL);
@@ -512,7 +514,7 @@ static void test_router_case(const char *what, double gcoef, double coeff) {
     router_ctx c = {falloc((size_t)N * E), falloc((size_t)N * K), falloc((size_t)N * C), falloc((size_t)C * E),
                     falloc((size_t)N * K), malloc(sizeof(int32_t) * N * K), NULL,
                     calloc((size_t)nseq * E, sizeof(double)), calloc((size_t)nseq * E, sizeof(double)),
-                    N, C, E, K, seq_len, gcoef, coeff};
+                    N, C, E, K, seq_len, gcoef, coeff, {0}};
     g_stream = 500; /* the same inputs for every objective */
     fill_normal(c.m, (size_t)N * C, 0, 1);
     fill_normal(c.Wr, (size_t)C * E, 0, 0.5);

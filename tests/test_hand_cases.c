@@ -20,9 +20,29 @@
 /* ------------------------------------------------------------------ router */
 
 /* Runs the router on m[N, C] with kernel Wr[C, E]; the outputs go to caller buffers. */
+static double last_ent[1024]; /* per-sequence entropy sums of the last route() */
+
 static void route(const float *m, const float *Wr, int N, int C, int E, int K, int seq_len, float *probs,
                   int32_t *topi, float *gates, double *psum, double *top1) {
-    nm_router_forward(probs, topi, gates, psum, top1, m, Wr, N, C, E, K, seq_len);
+    nm_router_forward(probs, topi, gates, psum, top1, last_ent, m, Wr, N, C, E, K, seq_len);
+}
+
+/* Router entropy: ln E per token for equal logits, 0 for a one-hot softmax
+ * (up to exp(-large)), and the hand value for a known two-way split. */
+static void test_router_entropy(void) {
+    printf("router: entropy statistics\n");
+    enum { N = 4, C = 2, E = 4, K = 2 };
+    float m[N * C] = {0}, Wr[C * E] = {0}, probs[N * E], gates[N * K];
+    int32_t topi[N * K];
+    double psum[2 * E], top1[2 * E];
+    route(m, Wr, N, C, E, K, 2, probs, topi, gates, psum, top1); /* all logits 0 */
+    CHECK(fabs(last_ent[0] - 2 * log(4.0)) < 1e-6 && fabs(last_ent[1] - 2 * log(4.0)) < 1e-6,
+          "equal logits: entropy %g %g, expected 2 ln 4 per sequence", last_ent[0], last_ent[1]);
+    /* logits (a, a, -inf-ish, -inf-ish): two-way split, entropy ln 2 */
+    for (int n = 0; n < N; n++) m[n * C] = 1.0f;
+    Wr[0] = 40.0f, Wr[1] = 40.0f, Wr[2] = -40.0f, Wr[3] = -40.0f;
+    route(m, Wr, N, C, E, K, 4, probs, topi, gates, psum, top1);
+    CHECK(fabs(last_ent[0] - 4 * log(2.0)) < 1e-5, "two-way split: entropy %g, expected 4 ln 2", last_ent[0]);
 }
 
 static void test_router_topk(void) {
@@ -540,6 +560,7 @@ static void test_batch_sample(void) {
 }
 
 int main(void) {
+    test_router_entropy();
     test_router_topk();
     test_router_aux();
     test_moe_plan();

@@ -29,6 +29,9 @@ typedef struct nm_config {
     /* run */
     char data[NM_PATH_MAX], out_dir[NM_PATH_MAX];
     int log_interval, ckpt_interval;
+    int stats_interval;            /* a run.h5 row every N steps */
+    int keep_last;                 /* checkpoints kept in out_dir (0 = all) */
+    char resume[NM_PATH_MAX];      /* "" (new run), "auto" or a checkpoint path */
 } nm_config;
 
 typedef enum { NM_KEY_INT, NM_KEY_FLOAT, NM_KEY_STRING } nm_key_type;

@@ -44,6 +44,8 @@ void nm_dist_free(nm_dist *d);
  * gives the bits of the same tree computed on fewer ranks. Otherwise
  * MPI_Allreduce. scratch holds n floats. */
 void nm_dist_sum(float *buf, size_t n, MPI_Comm comm, int tree, float *scratch);
+/* The same for doubles. */
+void nm_dist_sum_d(double *buf, size_t n, MPI_Comm comm, int tree, double *scratch);
 
 /* Is n a power of two (n >= 1)? */
 static inline int nm_is_pow2(long n) { return n > 0 && (n & (n - 1)) == 0; }

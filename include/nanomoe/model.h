@@ -75,9 +75,25 @@ typedef struct nm_model {
     double *dropped;             /* [n_layers] token copies dropped by the capacity limit, global */
     double *dprob;               /* [n_layers, E] d aux_layer / d router probs */
     double *dprob_scaled;        /* the same times aux_loss_coeff: what backward uses */
-    double *stats;               /* [n_layers, 2, E] psum | top1 summed over the global batch, then dropped [L] */
+    double *stats;               /* [nm_stats_len] sums over the global batch, see NM_STAT_* */
+    double *seq_stats;           /* [cap_B, nm_stats_len] per local sequence */
+    double *chunk_stats;         /* [grad_chunks, nm_stats_len] */
     nm_timers timers;
 } nm_model;
+
+/* The statistics vector of a forward: [0] summed cross-entropy, then per
+ * layer l from NM_STAT_LAYER(l, E): psum[E] (router probabilities), top1[E]
+ * (first choices), count[E] (token copies routed), entropy (summed over
+ * tokens), dropped (copies over capacity). Summed over the global batch in the
+ * same fixed tree as the gradients, so they carry the same bits on any rank
+ * count that can follow it. */
+#define NM_STAT_LAYER(l, E) (1 + (size_t)(l) * (3 * (size_t)(E) + 2))
+#define NM_STAT_PSUM 0
+#define NM_STAT_TOP1(E) (size_t)(E)
+#define NM_STAT_COUNT(E) (2 * (size_t)(E))
+#define NM_STAT_ENTROPY(E) (3 * (size_t)(E))
+#define NM_STAT_DROPPED(E) (3 * (size_t)(E) + 1)
+static inline size_t nm_stats_len(const nm_config *c) { return NM_STAT_LAYER(c->n_layers, c->n_experts); }
 
 /* Creates a model for cfg (vocab_size set) on the ranks of comm, initialised
  * from cfg->seed, with activations for B sequences of T tokens on this rank.

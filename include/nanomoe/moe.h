@@ -40,6 +40,7 @@ typedef struct nm_moe_acts {
     int32_t *kept;         /* [El] rows each local expert processed (capacity) */
     long dropped;          /* rows the local experts dropped by capacity */
     double *psum, *top1;   /* [N/seq_len, E] per-sequence router statistics */
+    double *ent;           /* [N/seq_len] per-sequence summed router entropy */
 } nm_moe_acts;
 
 /* Scratch shared by all layers. */

@@ -9,9 +9,10 @@
  * softmax over those K logits, probs[N, E] = softmax over all E.
  * Per-sequence statistics for the aux loss (sequences of seq_len tokens,
  * N / seq_len of them): psum[s, E] = sum of probs, top1[s, E] = tokens whose
- * first choice is each expert. */
-void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, double *top1, const float *m,
-                       const float *Wr, int N, int C, int E, int K, int seq_len);
+ * first choice is each expert, ent[s] = sum over tokens of the entropy of the
+ * full softmax (nats). */
+void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, double *top1, double *ent,
+                       const float *m, const float *Wr, int N, int C, int E, int K, int seq_len);
 
 /* aux = E * sum_e f_e P_e with f = top1 / ntok and P = psum / ntok over the
  * tokens the statistics cover. Writes d aux / d probs[n, e] = E f_e / ntok

@@ -32,6 +32,11 @@ typedef struct nm_losses {
 int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err);
 void nm_trainer_free(nm_trainer *t);
 
+/* Continues from a checkpoint: parameters, AdamW moments and step count. The
+ * data stream and dropout masks are functions of (seed, step), so this is
+ * the whole state. Collective. */
+int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err);
+
 /* One step on the next global training batch: forward, backward, AdamW. */
 nm_losses nm_train_step(nm_trainer *t);
 
