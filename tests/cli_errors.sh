@@ -232,9 +232,9 @@ run "$BIN" train tiny.ini max_iters=2 eval_interval=0 out_dir="$W/run"
 why=()
 [ "$RC" -eq 0 ] || why+=("exit status $RC")
 listing=$(cd "$W/run" 2>/dev/null && LC_ALL=C ls -A | tr '\n' ' ')
-[ "$listing" = "ckpt_00000002.h5 config.ini metrics.csv " ] ||
-    why+=("out_dir holds '$listing', expected 'ckpt_00000002.h5 config.ini metrics.csv '")
-report "train max_iters=2 exits 0 and leaves exactly ckpt_00000002.h5, config.ini, metrics.csv" "${why[@]}"
+[ "$listing" = "ckpt_00000002.h5 config.ini metrics.csv run.h5 " ] ||
+    why+=("out_dir holds '$listing', expected 'ckpt_00000002.h5 config.ini metrics.csv run.h5 '")
+report "train max_iters=2 exits 0 and leaves exactly ckpt_00000002.h5, config.ini, metrics.csv, run.h5" "${why[@]}"
 CKPT=$W/run/ckpt_00000002.h5
 
 run "$BIN" eval "$CKPT"
