@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <libgen.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,9 @@ int nm_ckpt_save(const char *path, const nm_model *m, const nm_adamw *opt, const
     NM_H5_CHECK(H5Fclose(file));
     NM_MPI_CHECK(MPI_Barrier(m->comm));
 
+    /* test hook: die between the complete temporary file and the rename */
+    const char *fault = getenv("NANOMOE_FAULT");
+    if (fault && strcmp(fault, "kill-before-rename") == 0 && m->rank == 0) raise(SIGKILL);
     /* publish atomically: rename within the directory, then sync the directory */
     int ok = 1;
     char why[256] = "";
@@ -191,8 +195,7 @@ static int open_checked(const char *path, MPI_Comm comm, hid_t *file, nm_error *
     return 0;
 }
 
-/* Reads a scalar string attribute (variable or fixed length) into buf. */
-static int read_attr_str(hid_t obj, const char *name, char *buf, size_t n) {
+int nm_h5_attr_string(int64_t obj, const char *name, char *buf, size_t n) {
     hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
     if (a < 0) return -1;
     hid_t t = H5Aget_type(a);
@@ -261,7 +264,7 @@ static herr_t visit_config_attr(hid_t loc, const char *name, const H5A_info_t *i
     char *p = (char *)cv->cfg + k->offset;
     if (k->type == NM_KEY_STRING) {
         char buf[NM_PATH_MAX];
-        if (read_attr_str(loc, name, buf, sizeof buf) != 0) {
+        if (nm_h5_attr_string(loc, name, buf, sizeof buf) != 0) {
             nm_fail(cv->err, "checkpoint '%s': /config attribute '%s' is not a string", cv->path, name);
             cv->failed = 1;
             return 1;
@@ -300,7 +303,7 @@ int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_voca
     char fmt[128];
     double v;
     memset(meta, 0, sizeof *meta);
-    if (read_attr_str(file, "format", fmt, sizeof fmt) != 0) {
+    if (nm_h5_attr_string(file, "format", fmt, sizeof fmt) != 0) {
         nm_fail(err, "checkpoint '%s': no 'format' attribute on / (not a nanomoe checkpoint)", path);
         goto done;
     }

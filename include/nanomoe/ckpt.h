@@ -43,4 +43,8 @@ int nm_ckpt_read_params(const char *path, nm_model *m, nm_adamw *opt, nm_error *
 int nm_ckpt_read_tree(const char *path, MPI_Comm comm, const char *group, const nm_param_layout *l, float *dense,
                       float *expert, nm_error *err);
 
+/* Reads a scalar string attribute (fixed or variable length, any character
+ * set) of an HDF5 object (hid_t) into buf; -1 if absent or not a string. */
+int nm_h5_attr_string(int64_t obj, const char *name, char *buf, size_t n);
+
 #endif

@@ -14,6 +14,7 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 /* Prints "nanomoe: error: msg" on rank 0 and returns 1 (errors here are
  * detected identically on every rank). */

@@ -16,6 +16,7 @@ static void usage(FILE *f) {
             "  eval CKPT [--data PATH]        deterministic loss of a checkpoint on the whole validation split\n"
             "  sample CKPT [--prompt TEXT]    generate text (KV cache), streamed to stdout\n"
             "  bench [CONFIG]                 measure training throughput, FLOP rate and sgemm rate\n"
+            "  inspect FILE.h5                describe and validate a checkpoint or a run.h5\n"
             "\n"
             "'nanomoe <command> --help' describes each command's options.\n"
             "Run under mpirun/srun for several ranks; without a launcher it runs as one rank.\n"
@@ -40,8 +41,10 @@ int main(int argc, char **argv) {
         rc = cmd_sample(argc - 1, argv + 1);
     } else if (!strcmp(argv[1], "bench")) {
         rc = cmd_bench(argc - 1, argv + 1);
+    } else if (!strcmp(argv[1], "inspect")) {
+        rc = cmd_inspect(argc - 1, argv + 1);
     } else {
-        rc = cli_errorf("unknown command '%s' (expected train, eval, sample or bench; see 'nanomoe --help')", argv[1]);
+        rc = cli_errorf("unknown command '%s' (expected train, eval, sample, bench or inspect; see 'nanomoe --help')", argv[1]);
         rc = 2;
     }
     MPI_Finalize();
