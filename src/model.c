@@ -11,14 +11,7 @@
 #include "nanomoe/ops.h"
 #include "nanomoe/router.h"
 
-/* Dropout sites: 0 = embeddings; per layer l: 1 + 3l (attention weights),
- * 2 + 3l (attention output), 3 + 3l (MoE output). */
-#define SITE_EMBED 0
-#define SITE_ATTN_W(l) (1 + 3 * (uint64_t)(l))
-#define SITE_ATTN_OUT(l) (2 + 3 * (uint64_t)(l))
-#define SITE_MOE_OUT(l) (3 + 3 * (uint64_t)(l))
-
-#define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)(n)))
+#define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)((n) > 0 ? (n) : 1)))
 
 /* b_global: sequences of the global batch, for the capacity limit (0: none). */
 static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
@@ -29,6 +22,26 @@ static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
     return d;
 }
 
+/* The per-block settings of a pass over B x T tokens. */
+static nm_block_run block_run(nm_model *m, int B, int T, const nm_forward_opts *o) {
+    const nm_config *c = &m->cfg;
+    nm_block_run r = {B,
+                      T,
+                      c->d_model,
+                      c->n_heads,
+                      (float)c->layer_norm_eps,
+                      o->training ? (float)c->dropout_rate : 0.0f,
+                      (uint64_t)c->seed,
+                      o->step,
+                      o->b_offset,
+                      0,
+                      moe_dims(m, B, T, o->b_global),
+                      &m->dispatch,
+                      &m->acts.block,
+                      &m->timers};
+    return r;
+}
+
 static void acts_alloc(nm_model *m) {
     const nm_config *c = &m->cfg;
     int B = m->cap_B, T = m->cap_T, C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers;
@@ -36,58 +49,26 @@ static void acts_alloc(nm_model *m) {
     nm_acts *a = &m->acts;
     nm_moe_dims d = moe_dims(m, B, T, 0);
     a->layers = nm_calloc((size_t)L, sizeof *a->layers);
-    for (int l = 0; l < L; l++) {
-        nm_layer_acts *la = &a->layers[l];
-        la->x = FALLOC(N * C);
-        la->ln1 = FALLOC(N * C);
-        la->ln1_mean = FALLOC(N);
-        la->ln1_rstd = FALLOC(N);
-        la->qkv = FALLOC(N * 3 * C);
-        la->probs = FALLOC((long)B * H * T * T);
-        la->att = FALLOC(N * C);
-        la->x_mid = FALLOC(N * C);
-        la->ln2 = FALLOC(N * C);
-        la->ln2_mean = FALLOC(N);
-        la->ln2_rstd = FALLOC(N);
-        nm_moe_acts_alloc(&la->moe, &d, &m->dispatch);
-    }
+    for (int l = 0; l < L; l++) nm_layer_acts_alloc(&a->layers[l], B, T, C, H, &d, &m->dispatch);
     a->x_final = FALLOC(N * C);
     a->lnf = FALLOC(N * C);
     a->lnf_mean = FALLOC(N);
     a->lnf_rstd = FALLOC(N);
     a->logits = FALLOC(N * V);
     a->losses = FALLOC(N);
-    a->ids = nm_malloc(sizeof(int32_t) * (size_t)N);
-    a->targets = nm_malloc(sizeof(int32_t) * (size_t)N);
-    a->tmp = FALLOC(N * C);
+    a->ids = nm_malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
+    a->targets = nm_malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
     a->dx = FALLOC(N * C);
-    a->dtmp = FALLOC(N * C);
     a->dln = FALLOC(N * C);
-    a->dqkv = FALLOC(N * 3 * C);
     a->dlogits = FALLOC(N * V);
-    a->attn_scratch = FALLOC((long)m->nthreads * 2 * T * T);
-    nm_moe_scratch_alloc(&a->moe, &d, &m->dispatch);
-    a->moe.timers = &m->timers;
+    nm_block_scratch_alloc(&a->block, B, T, C, m->nthreads, &d, &m->dispatch);
+    a->block.moe.timers = &m->timers;
 }
 
 static void acts_free(nm_model *m) {
     nm_acts *a = &m->acts;
     if (!a->layers) return;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        nm_layer_acts *la = &a->layers[l];
-        free(la->x);
-        free(la->ln1);
-        free(la->ln1_mean);
-        free(la->ln1_rstd);
-        free(la->qkv);
-        free(la->probs);
-        free(la->att);
-        free(la->x_mid);
-        free(la->ln2);
-        free(la->ln2_mean);
-        free(la->ln2_rstd);
-        nm_moe_acts_free(&la->moe);
-    }
+    for (int l = 0; l < m->cfg.n_layers; l++) nm_layer_acts_free(&a->layers[l]);
     free(a->layers);
     free(a->x_final);
     free(a->lnf);
@@ -97,14 +78,10 @@ static void acts_free(nm_model *m) {
     free(a->losses);
     free(a->ids);
     free(a->targets);
-    free(a->tmp);
     free(a->dx);
-    free(a->dtmp);
     free(a->dln);
-    free(a->dqkv);
     free(a->dlogits);
-    free(a->attn_scratch);
-    nm_moe_scratch_free(&a->moe);
+    nm_block_scratch_free(&a->block);
     memset(a, 0, sizeof *a);
 }
 
@@ -217,7 +194,7 @@ void nm_model_free(nm_model *m) {
 
 void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o) {
     const nm_config *c = &m->cfg;
-    int C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
+    int C = c->d_model, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
     long N = (long)B * T;
     if (B > m->cap_B || T > m->cap_T) NM_ABORT("forward on %d x %d exceeds the activation capacity %d x %d", B, T, m->cap_B, m->cap_T);
     nm_acts *a = &m->acts;
@@ -228,47 +205,19 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     uint64_t seed = (uint64_t)c->seed;
     /* global element index of this rank's first activation, per [N, C] site */
     uint64_t base_nc = (uint64_t)o->b_offset * T * C;
-    nm_moe_dims d = moe_dims(m, B, T, o->b_global);
 
     memcpy(a->ids, x, sizeof(int32_t) * (size_t)N);
     if (y) memcpy(a->targets, y, sizeof(int32_t) * (size_t)N);
     TIC(emb);
     float *x0 = a->layers[0].x;
     nm_embedding_forward(x0, x, m->p.tok_emb, m->p.pos_emb, B, T, C);
-    nm_dropout(x0, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_EMBED), base_nc);
+    nm_dropout(x0, (size_t)N * C, p, nm_dropout_key(seed, o->step, NM_SITE_EMBED), base_nc);
     TOC(emb, NM_T_EMBED);
 
+    nm_block_run run = block_run(m, B, T, o);
     for (int l = 0; l < L; l++) {
-        nm_layer_acts *la = &a->layers[l];
-        const nm_layer_view *w = &m->p.layers[l];
-        float *xout = l + 1 < L ? a->layers[l + 1].x : a->x_final;
-        TIC(ln1);
-        nm_layernorm_forward(la->ln1, la->ln1_mean, la->ln1_rstd, la->x, w->ln1_s, w->ln1_b, (int)N, C,
-                             (float)c->layer_norm_eps);
-        TOC(ln1, NM_T_LAYERNORM);
-        TIC(qkv);
-        nm_dense_forward(la->qkv, la->ln1, w->qkv_w, w->qkv_b, (int)N, C, 3 * C);
-        TOC(qkv, NM_T_ATTN_PROJ);
-        TIC(core);
-        nm_attn_dropout ad = {p, nm_dropout_key(seed, o->step, SITE_ATTN_W(l)), o->b_offset};
-        nm_attention_forward(la->att, la->probs, la->qkv, B, T, C, H, &ad, a->attn_scratch);
-        TOC(core, NM_T_ATTN_CORE);
-        TIC(out);
-        nm_dense_forward(a->tmp, la->att, w->out_w, w->out_b, (int)N, C, C);
-        TOC(out, NM_T_ATTN_PROJ);
-        TIC(res1);
-        nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_ATTN_OUT(l)), base_nc);
-        nm_add(la->x_mid, la->x, a->tmp, (size_t)N * C);
-        TOC(res1, NM_T_RESIDUAL);
-        TIC(ln2);
-        nm_layernorm_forward(la->ln2, la->ln2_mean, la->ln2_rstd, la->x_mid, w->ln2_s, w->ln2_b, (int)N, C,
-                             (float)c->layer_norm_eps);
-        TOC(ln2, NM_T_LAYERNORM);
-        nm_moe_forward(a->tmp, &la->moe, la->ln2, w, &d, &a->moe, &m->dispatch);
-        TIC(res2);
-        nm_dropout(a->tmp, (size_t)N * C, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
-        nm_add(xout, la->x_mid, a->tmp, (size_t)N * C);
-        TOC(res2, NM_T_RESIDUAL);
+        run.layer = l;
+        nm_block_forward(&run, &a->layers[l], &m->p.layers[l], l + 1 < L ? a->layers[l + 1].x : a->x_final);
     }
 
     TIC(head);
@@ -344,54 +293,16 @@ void nm_model_zero_grad(nm_model *m) {
     memset(m->grads[1], 0, sizeof(float) * m->layout.n_expert);
 }
 
-/* Gradient chunks: parameter gradients are formed per chunk of consecutive
- * local sequences, each into its own dense block, so that the sum over the
- * global batch can be taken in an order that does not depend on how the batch
- * is split over ranks. */
-typedef struct {
-    nm_model *m;
-    int n;     /* chunks in this backward */
-    long rows; /* rows (tokens) per chunk */
-} chunks;
-
-/* The chunk's copy of a dense gradient tensor given by its pointer into grads[0]. */
-static float *cg(const chunks *k, int ch, const float *g) { return k->m->chunk_grads[ch] + (g - k->m->grads[0]); }
-
-/* y = x W + b: dinp over all rows (+=, skipped if NULL), dW and db per chunk. */
-static void dense_bwd(const chunks *k, float *dinp, const float *gW, const float *gb, const float *dout,
-                      const float *inp, const float *W, int Din, int Dout) {
-    long N = k->n * k->rows;
-    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)N, Din, Dout);
-    for (int ch = 0; ch < k->n; ch++) {
-        long r0 = ch * k->rows;
-        nm_dense_backward(NULL, cg(k, ch, gW), gb ? cg(k, ch, gb) : NULL, dout + r0 * Dout, inp + r0 * Din, NULL,
-                          (int)k->rows, Din, Dout);
-    }
-}
-
-static void layernorm_bwd(const chunks *k, float *dinp, const float *gs, const float *gb, const float *dout,
-                          const float *inp, const float *s, const float *mean, const float *rstd, int C) {
-    nm_layernorm_backward(dinp, NULL, NULL, dout, inp, s, mean, rstd, (int)(k->n * k->rows), C);
-    for (int ch = 0; ch < k->n; ch++) {
-        long r0 = ch * k->rows;
-        nm_layernorm_backward(NULL, cg(k, ch, gs), cg(k, ch, gb), dout + r0 * C, inp + r0 * C, s, mean + r0,
-                              rstd + r0, (int)k->rows, C);
-    }
-}
-
 void nm_model_backward(nm_model *m) {
     const nm_config *c = &m->cfg;
-    int B = m->B, T = m->T, C = c->d_model, H = c->n_heads, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
+    int B = m->B, T = m->T, C = c->d_model, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
     long N = (long)B * T;
     size_t NC = (size_t)N * C;
     const nm_forward_opts *o = &m->fwd;
     nm_acts *a = &m->acts;
-    float p = o->training ? (float)c->dropout_rate : 0.0f;
-    uint64_t seed = (uint64_t)c->seed;
-    uint64_t base_nc = (uint64_t)o->b_offset * T * C;
-    nm_moe_dims d = moe_dims(m, B, T, o->b_global);
     const nm_param_view *g = &m->g, *w = &m->p;
-    chunks k = {m, 1, N};
+    /* dense parameter gradients per chunk of consecutive local sequences */
+    nm_grad_chunks k = {1, N, m->chunk_grads, m->grads[0]};
     if (m->grad_chunks > 1 && B % m->grad_chunks == 0) {
         k.n = m->grad_chunks;
         k.rows = N / k.n;
@@ -400,57 +311,25 @@ void nm_model_backward(nm_model *m) {
     TIC(head);
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
-    dense_bwd(&k, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
+    nm_dense_backward_chunked(&k, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
-    layernorm_bwd(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean, a->lnf_rstd, C);
+    nm_layernorm_backward_chunked(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean,
+                                  a->lnf_rstd, C);
     TOC(head, NM_T_HEAD);
 
+    nm_block_run run = block_run(m, B, T, o);
     for (int l = L - 1; l >= 0; l--) {
-        nm_layer_acts *la = &a->layers[l];
-        const nm_layer_view *lw = &w->layers[l];
-        const nm_layer_view *lg = &g->layers[l];
-        /* x_out = x_mid + dropout(moe(ln2(x_mid))) */
-        TIC(res2);
-        memcpy(a->dtmp, a->dx, sizeof(float) * NC);
-        nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_MOE_OUT(l)), base_nc);
-        TOC(res2, NM_T_RESIDUAL);
-        memset(a->dln, 0, sizeof(float) * NC);
-        nm_moe_backward(a->dln, NULL, lg, a->dtmp, &la->moe, la->ln2, lw, m->dprob_scaled + (size_t)l * E, &d,
-                        &a->moe, &m->dispatch);
-        TIC(router);
-        for (int ch = 0; ch < k.n; ch++)
-            nm_moe_router_weight_grad(cg(&k, ch, lg->router_w), la->ln2, &a->moe, (int)(ch * k.rows), (int)k.rows, &d);
-        TOC(router, NM_T_ROUTER);
-        TIC(ln2);
-        layernorm_bwd(&k, a->dx, lg->ln2_s, lg->ln2_b, a->dln, la->x_mid, lw->ln2_s, la->ln2_mean, la->ln2_rstd, C);
-        TOC(ln2, NM_T_LAYERNORM);
-        /* x_mid = x + dropout(att @ Wout + bout) */
-        TIC(res1);
-        memcpy(a->dtmp, a->dx, sizeof(float) * NC);
-        nm_dropout(a->dtmp, NC, p, nm_dropout_key(seed, o->step, SITE_ATTN_OUT(l)), base_nc);
-        TOC(res1, NM_T_RESIDUAL);
-        TIC(out);
-        memset(a->dln, 0, sizeof(float) * NC);
-        dense_bwd(&k, a->dln, lg->out_w, lg->out_b, a->dtmp, la->att, lw->out_w, C, C);
-        TOC(out, NM_T_ATTN_PROJ);
-        TIC(core);
-        nm_attn_dropout ad = {p, nm_dropout_key(seed, o->step, SITE_ATTN_W(l)), o->b_offset};
-        nm_attention_backward(a->dqkv, a->dln, la->qkv, la->probs, B, T, C, H, &ad, a->attn_scratch);
-        TOC(core, NM_T_ATTN_CORE);
-        TIC(qkv);
-        memset(a->dln, 0, sizeof(float) * NC);
-        dense_bwd(&k, a->dln, lg->qkv_w, lg->qkv_b, a->dqkv, la->ln1, lw->qkv_w, C, 3 * C);
-        TOC(qkv, NM_T_ATTN_PROJ);
-        TIC(ln1);
-        layernorm_bwd(&k, a->dx, lg->ln1_s, lg->ln1_b, a->dln, la->x, lw->ln1_s, la->ln1_mean, la->ln1_rstd, C);
-        TOC(ln1, NM_T_LAYERNORM);
+        run.layer = l;
+        nm_block_backward(&run, &a->layers[l], &w->layers[l], &g->layers[l], &k, a->dx,
+                          m->dprob_scaled + (size_t)l * E);
     }
     TIC(emb);
-    nm_dropout(a->dx, NC, p, nm_dropout_key(seed, o->step, SITE_EMBED), base_nc);
+    float p = o->training ? (float)c->dropout_rate : 0.0f;
+    nm_dropout(a->dx, NC, p, nm_dropout_key((uint64_t)c->seed, o->step, NM_SITE_EMBED), (uint64_t)o->b_offset * T * C);
     int seqs = B / k.n;
     for (int ch = 0; ch < k.n; ch++)
-        nm_embedding_backward(cg(&k, ch, g->tok_emb), cg(&k, ch, g->pos_emb), a->dx + ch * k.rows * C,
-                              a->ids + ch * k.rows, seqs, T, C);
+        nm_embedding_backward(nm_chunk_ptr(&k, ch, g->tok_emb), nm_chunk_ptr(&k, ch, g->pos_emb),
+                              a->dx + ch * k.rows * C, a->ids + ch * k.rows, seqs, T, C);
     TOC(emb, NM_T_EMBED);
 }
 

@@ -6,24 +6,13 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "nanomoe/block.h"
 #include "nanomoe/config.h"
 #include "nanomoe/dispatch.h"
 #include "nanomoe/dist.h"
 #include "nanomoe/moe.h"
 #include "nanomoe/params.h"
 #include "nanomoe/timers.h"
-
-/* Per-layer activations kept from forward for backward. */
-typedef struct nm_layer_acts {
-    float *x;            /* [N, C] residual stream entering the block */
-    float *ln1, *ln1_mean, *ln1_rstd; /* [N, C], [N], [N] */
-    float *qkv;          /* [N, 3C] */
-    float *probs;        /* [B, H, T, T] attention softmax */
-    float *att;          /* [N, C] heads concatenated, before the out projection */
-    float *x_mid;        /* [N, C] after the attention residual */
-    float *ln2, *ln2_mean, *ln2_rstd;
-    nm_moe_acts moe;
-} nm_layer_acts;
 
 typedef struct nm_acts {
     nm_layer_acts *layers;             /* [n_layers] */
@@ -33,11 +22,9 @@ typedef struct nm_acts {
     float *losses;                     /* [N] per-token cross-entropy */
     int32_t *ids, *targets;            /* [N] copies of the last batch */
     /* scratch */
-    float *tmp, *dx, *dtmp, *dln;      /* [N, C] */
-    float *dqkv;                       /* [N, 3C] */
+    float *dx, *dln;                   /* [N, C] */
     float *dlogits;                    /* [N, V] */
-    float *attn_scratch;               /* threads * 2 * T * T */
-    nm_moe_scratch moe;
+    nm_block_scratch block;
 } nm_acts;
 
 /* How a forward pass relates to the global batch. */
