@@ -90,7 +90,7 @@ void nm_block_scratch_free(nm_block_scratch *s) {
     memset(s, 0, sizeof *s);
 }
 
-void nm_block_forward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, float *xout) {
+void nm_block_run_forward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, float *xout) {
     int B = r->B, T = r->T, C = r->C, H = r->H, N = B * T, l = r->layer;
     size_t NC = (size_t)N * C;
     uint64_t base_nc = (uint64_t)r->b_offset * T * C; /* global index of the first element, per [N, C] site */
@@ -122,7 +122,7 @@ void nm_block_forward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_vi
     TOC(res2, NM_T_RESIDUAL);
 }
 
-void nm_block_backward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, const nm_layer_view *g,
+void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, const nm_layer_view *g,
                        const nm_grad_chunks *k, float *dx, const double *dprob) {
     int B = r->B, T = r->T, C = r->C, H = r->H, l = r->layer;
     size_t NC = (size_t)B * T * C;

@@ -1,6 +1,8 @@
 /* Error reporting and rank-0 logging. */
 #include "nanomoe/error.h"
 
+#include "nanomoe/api.h"
+
 #include <hdf5.h>
 #include <mpi.h>
 #include <stdarg.h>
@@ -81,21 +83,34 @@ void *nm_calloc_at(size_t n, size_t size, const char *file, int line) {
     return p;
 }
 
+/* Where rank-0 messages go: nowhere until someone asks (nm_set_log). */
+static nm_log_fn log_fn = NULL;
+static void *log_user = NULL;
+
+void nm_set_log(nm_log_fn fn, void *user) {
+    log_fn = fn;
+    log_user = user;
+}
+
+static void emit(int level, const char *fmt, va_list ap) {
+    if (!log_fn || nm_world_rank() != 0) return;
+    char msg[4096];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    if (n && msg[n - 1] == '\n') msg[n - 1] = '\0'; /* the log function ends the line */
+    log_fn(level, msg, log_user);
+}
+
 void nm_log0(const char *fmt, ...) {
-    if (nm_world_rank() != 0) return;
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    emit(0, fmt, ap);
     va_end(ap);
-    fflush(stdout);
 }
 
 void nm_warn0(const char *fmt, ...) {
-    if (nm_world_rank() != 0) return;
     va_list ap;
-    fputs("nanomoe: warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    emit(1, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }

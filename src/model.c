@@ -217,7 +217,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     nm_block_run run = block_run(m, B, T, o);
     for (int l = 0; l < L; l++) {
         run.layer = l;
-        nm_block_forward(&run, &a->layers[l], &m->p.layers[l], l + 1 < L ? a->layers[l + 1].x : a->x_final);
+        nm_block_run_forward(&run, &a->layers[l], &m->p.layers[l], l + 1 < L ? a->layers[l + 1].x : a->x_final);
     }
 
     TIC(head);
@@ -320,7 +320,7 @@ void nm_model_backward(nm_model *m) {
     nm_block_run run = block_run(m, B, T, o);
     for (int l = L - 1; l >= 0; l--) {
         run.layer = l;
-        nm_block_backward(&run, &a->layers[l], &w->layers[l], &g->layers[l], &k, a->dx,
+        nm_block_run_backward(&run, &a->layers[l], &w->layers[l], &g->layers[l], &k, a->dx,
                           m->dprob_scaled + (size_t)l * E);
     }
     TIC(emb);

@@ -12,7 +12,7 @@ int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data,
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
     t->data = data;
-    if (cfg->vocab_size != data->vocab.size)
+    if (data && cfg->vocab_size != data->vocab.size)
         return nm_fail(err, "vocab_size=%d does not match the data's %d characters", cfg->vocab_size, data->vocab.size);
     int rank, size;
     NM_MPI_CHECK(MPI_Comm_rank(comm, &rank));
@@ -47,7 +47,8 @@ int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err) {
     nm_ckpt_meta meta;
     if (nm_ckpt_read_header(path, t->model.comm, &cfg, &vocab, &meta, err) != 0) return -1;
     if (!meta.has_optimizer) return nm_fail(err, "checkpoint '%s' has no /optimizer: it cannot continue a run", path);
-    if (vocab.size != t->data->vocab.size || memcmp(vocab.bytes, t->data->vocab.bytes, (size_t)vocab.size) != 0)
+    if (t->data &&
+        (vocab.size != t->data->vocab.size || memcmp(vocab.bytes, t->data->vocab.bytes, (size_t)vocab.size) != 0))
         return nm_fail(err, "checkpoint '%s' was trained on another vocabulary (%d characters) than the data (%d)",
                        path, vocab.size, t->data->vocab.size);
     if (nm_ckpt_read_params(path, &t->model, &t->opt, err) != 0) return -1;
@@ -77,16 +78,21 @@ static void scale_grads(nm_model *m, float s) {
 }
 
 nm_losses nm_train_step(nm_trainer *t) {
+    const nm_config *c = &t->cfg;
+    double t0 = nm_now();
+    nm_batch_sample(t->data->tokens, t->data->n_train, c->block_size, (uint64_t)c->seed, NM_STREAM_TRAIN,
+                    (uint64_t)t->step + 1, t->b0, t->b1, t->x, t->y);
+    t->model.timers.sec[NM_T_DATA] += nm_now() - t0;
+    return nm_train_step_on(t, t->x, t->y);
+}
+
+nm_losses nm_train_step_on(nm_trainer *t, const int32_t *x, const int32_t *y) {
     nm_model *m = &t->model;
     const nm_config *c = &t->cfg;
     int T = c->block_size, B = t->b1 - t->b0;
     uint64_t step = (uint64_t)t->step + 1;
-    double t0 = nm_now();
-    nm_batch_sample(t->data->tokens, t->data->n_train, T, (uint64_t)c->seed, NM_STREAM_TRAIN, step, t->b0, t->b1,
-                    t->x, t->y);
-    m->timers.sec[NM_T_DATA] += nm_now() - t0;
     nm_forward_opts o = {.training = 1, .step = step, .b_offset = t->b0, .b_global = c->batch_size};
-    nm_model_forward(m, t->x, t->y, B, T, &o);
+    nm_model_forward(m, x, y, B, T, &o);
     nm_model_zero_grad(m);
     nm_model_backward(m);
     /* each rank's gradient is already scaled by the global token count, so the

@@ -83,12 +83,12 @@ void nm_block_scratch_free(nm_block_scratch *s);
 
 /* xout[N, C] = block(a->x) with weights w; a keeps what backward needs.
  * Collective over the dispatch's expert-parallel group. */
-void nm_block_forward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, float *xout);
+void nm_block_run_forward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, float *xout);
 
 /* dx: in, d loss / d xout [N, C]; out, d loss / d x (overwritten in place).
  * Dense parameter gradients go to the chunk views of g (+=), expert gradients
  * to g's expert tensors (+=). dprob[E]: d loss / d router probs of the aux term. */
-void nm_block_backward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, const nm_layer_view *g,
+void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, const nm_layer_view *g,
                        const nm_grad_chunks *k, float *dx, const double *dprob);
 
 #endif

@@ -42,9 +42,9 @@ void *nm_calloc_at(size_t n, size_t size, const char *file, int line);
 /* This process's rank in MPI_COMM_WORLD (0 before MPI_Init or without MPI). */
 int nm_world_rank(void);
 
-/* printf on rank 0 only (stdout, flushed). */
+/* A message from rank 0 to the log function set with nm_set_log (api.h);
+ * silent when none is set. nm_log0: information, nm_warn0: a warning. */
 void nm_log0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Warning on stderr, rank 0 only. */
 void nm_warn0(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

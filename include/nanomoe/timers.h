@@ -2,6 +2,8 @@
 #ifndef NANOMOE_TIMERS_H
 #define NANOMOE_TIMERS_H
 
+#include <stddef.h>
+
 typedef enum {
     NM_T_EMBED,
     NM_T_LAYERNORM,
@@ -25,5 +27,10 @@ typedef struct nm_timers {
 
 const char *nm_timer_name(nm_timer_id id);
 double nm_now(void);
+
+/* "7m12s", "1h03m", "42s" ("?" when unknown). */
+void nm_format_duration(double sec, char *buf, size_t n);
+/* 2409025 -> "2,409,025". */
+void nm_format_count(double v, char *buf, size_t n);
 
 #endif

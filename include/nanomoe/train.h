@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "nanomoe/adamw.h"
+#include "nanomoe/api.h"
 #include "nanomoe/config.h"
 #include "nanomoe/data.h"
 #include "nanomoe/model.h"
@@ -23,12 +24,10 @@ typedef struct nm_trainer {
     double grad_norm;    /* before clipping, when grad_clip > 0 */
 } nm_trainer;
 
-typedef struct nm_losses {
-    double loss, ce, aux;
-} nm_losses;
 
 /* Creates model and optimiser for cfg over data (cfg->vocab_size must match
- * the data's vocabulary). Collective over comm. */
+ * the data's vocabulary; data may be NULL for steps on given batches only).
+ * Collective over comm. */
 int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err);
 void nm_trainer_free(nm_trainer *t);
 
@@ -39,6 +38,8 @@ int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err);
 
 /* One step on the next global training batch: forward, backward, AdamW. */
 nm_losses nm_train_step(nm_trainer *t);
+/* One step on this rank's slice x, y [b1 - b0, block_size] of a given batch. */
+nm_losses nm_train_step_on(nm_trainer *t, const int32_t *x, const int32_t *y);
 
 /* The reference's evaluation: mean loss over eval_iters random validation
  * batches of batch_size windows, no dropout. Deterministic in (seed, step). */

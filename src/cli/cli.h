@@ -21,10 +21,6 @@ int cmd_inspect(int argc, char **argv);
 int cli_error(const nm_error *err);
 int cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Collective: 1 if ok on every rank; otherwise every rank receives in err the
- * message of the lowest failing rank (naming it) and 0 is returned. */
-int cli_agree(int ok, nm_error *err);
-
 /* Parses an integer / a number option value, with a message naming the option. */
 int cli_int(const char *opt, const char *text, long min, long max, long *out, nm_error *err);
 int cli_double(const char *opt, const char *text, double min, double max, double *out, nm_error *err);
@@ -39,8 +35,5 @@ int cli_config(nm_config *cfg, const char *path, int n_over, char **over, nm_err
 
 /* Prints every config key with its default and meaning. */
 void cli_print_keys(FILE *f);
-
-/* "7m12s", "1h03m", "42s". */
-void cli_duration(double sec, char *buf, size_t n);
 
 #endif

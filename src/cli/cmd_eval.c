@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "nanomoe/dist.h"
 #include "nanomoe/train.h"
 
 static void help(void) {
@@ -49,7 +50,7 @@ int cmd_eval(int argc, char **argv) {
     nm_dataset data;
     if (!data_path) data_path = m.cfg.data;
     int loaded = nm_dataset_load(&data, data_path, &vocab, &err) == 0;
-    if (!cli_agree(loaded, &err)) {
+    if (!nm_dist_agree(MPI_COMM_WORLD, loaded, &err)) {
         if (loaded) nm_dataset_free(&data);
         nm_model_free(&m);
         return cli_error(&err);

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "nanomoe/runstats.h"
+#include "nanomoe/timers.h"
 
 static void help(void) {
     printf("usage: nanomoe inspect FILE.h5\n"
@@ -22,17 +23,6 @@ static void help(void) {
            "\n"
            "options:\n"
            "  -h, --help   this help\n");
-}
-
-static void commas(double v, char *buf, size_t n) {
-    char tmp[32];
-    snprintf(tmp, sizeof tmp, "%.0f", v);
-    size_t len = strlen(tmp), o = 0;
-    for (size_t i = 0; i < len && o + 1 < n; i++) {
-        if (i && (len - i) % 3 == 0 && tmp[i - 1] != '-') buf[o++] = ',';
-        buf[o++] = tmp[i];
-    }
-    buf[o] = '\0';
 }
 
 static double norm(const float *p, size_t n) {
@@ -67,10 +57,10 @@ static int inspect_ckpt(const char *path) {
     printf("\n  vocabulary: %d characters\n", vocab.size);
     nm_param_counts pc = nm_param_count(&cfg);
     char a[32], b[32], c[32], d[32];
-    commas((double)pc.total, a, sizeof a);
-    commas((double)pc.dense, b, sizeof b);
-    commas((double)pc.experts, c, sizeof c);
-    commas((double)pc.active_per_token, d, sizeof d);
+    nm_format_count((double)pc.total, a, sizeof a);
+    nm_format_count((double)pc.dense, b, sizeof b);
+    nm_format_count((double)pc.experts, c, sizeof c);
+    nm_format_count((double)pc.active_per_token, d, sizeof d);
     printf("  parameters: %s = dense %s + experts %s; active per token %s (top_k %d of %d experts)\n", a, b, c, d,
            cfg.top_k, cfg.n_experts);
     /* reading every tensor into a model is the validation: names, shapes, readability */

@@ -24,23 +24,6 @@ int cli_errorf(const char *fmt, ...) {
     return cli_error(&e);
 }
 
-int cli_agree(int ok, nm_error *err) {
-    int size, rank;
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (size == 1) return ok;
-    int first = ok ? size : rank;
-    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
-    if (first == size) return 1;
-    NM_MPI_CHECK(MPI_Bcast(err->msg, sizeof err->msg, MPI_CHAR, first, MPI_COMM_WORLD));
-    if (first != 0) {
-        char msg[NM_ERRMSG_MAX + 32];
-        snprintf(msg, sizeof msg, "rank %d: %s", first, err->msg);
-        snprintf(err->msg, sizeof err->msg, "%.*s", (int)sizeof err->msg - 1, msg);
-    }
-    return 0;
-}
-
 int cli_int(const char *opt, const char *text, long min, long max, long *out, nm_error *err) {
     char *end;
     errno = 0;
@@ -96,15 +79,4 @@ void cli_print_keys(FILE *f) {
             fprintf(f, "    %-20s %-26s %s\n", k->name, v[0] ? v : "(runs/<config name>)", k->help);
         }
     }
-}
-
-void cli_duration(double sec, char *buf, size_t n) {
-    if (!(sec >= 0) || sec > 1e8) {
-        snprintf(buf, n, "?");
-        return;
-    }
-    long s = (long)(sec + 0.5);
-    if (s >= 3600) snprintf(buf, n, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
-    else if (s >= 60) snprintf(buf, n, "%ldm%02lds", s / 60, s % 60);
-    else snprintf(buf, n, "%lds", s);
 }

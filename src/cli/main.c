@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "nanomoe/api.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -23,9 +24,21 @@ static void usage(FILE *f) {
             "Threads per rank: OMP_NUM_THREADS (OpenBLAS runs single-threaded inside them).\n");
 }
 
+/* Rank 0's messages: information to stdout, warnings to stderr. */
+static void print_log(int level, const char *msg, void *user) {
+    (void)user;
+    if (level == 0) {
+        printf("%s\n", msg);
+        fflush(stdout);
+    } else {
+        fprintf(stderr, "nanomoe: warning: %s\n", msg);
+    }
+}
+
 int main(int argc, char **argv) {
     int provided;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    nm_set_log(print_log, NULL);
     int rc;
     if (argc < 2) {
         if (nm_world_rank() == 0) usage(stderr);
