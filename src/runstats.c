@@ -35,6 +35,22 @@ static void create_rows(hid_t loc, const char *name, hid_t type, int ndim, const
     NM_H5_CHECK(H5Sclose(sp));
 }
 
+/* One collective write of rank 0's selection (the other ranks select nothing);
+ * closes the spaces and the dataset. */
+static void write_collective(hid_t d, hid_t memtype, hid_t ms, hid_t fs, const void *data, int root) {
+    if (!root) {
+        NM_H5_CHECK(H5Sselect_none(fs));
+        NM_H5_CHECK(H5Sselect_none(ms));
+    }
+    hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
+    NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    NM_H5_CHECK(H5Dwrite(d, memtype, ms, fs, dxpl, data));
+    NM_H5_CHECK(H5Pclose(dxpl));
+    NM_H5_CHECK(H5Sclose(ms));
+    NM_H5_CHECK(H5Sclose(fs));
+    NM_H5_CHECK(H5Dclose(d));
+}
+
 /* Appends row number `row` (all ranks pass the same dims; rank 0's data is written). */
 static void append_row(hid_t file, const char *name, hid_t memtype, long row, int ndim, const hsize_t *tail,
                        const void *data, int root) {
@@ -50,19 +66,8 @@ static void append_row(hid_t file, const char *name, hid_t memtype, long row, in
     hsize_t start[3] = {(hsize_t)row, 0, 0}, count[3] = {1, 1, 1};
     for (int i = 1; i < ndim; i++) count[i] = tail[i - 1];
     hid_t ms = NM_H5_CHECK(H5Screate_simple(ndim, count, NULL));
-    if (root) {
-        NM_H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
-    } else {
-        NM_H5_CHECK(H5Sselect_none(fs));
-        NM_H5_CHECK(H5Sselect_none(ms));
-    }
-    hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
-    NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-    NM_H5_CHECK(H5Dwrite(d, memtype, ms, fs, dxpl, data));
-    NM_H5_CHECK(H5Pclose(dxpl));
-    NM_H5_CHECK(H5Sclose(ms));
-    NM_H5_CHECK(H5Sclose(fs));
-    NM_H5_CHECK(H5Dclose(d));
+    if (root) NM_H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
+    write_collective(d, memtype, ms, fs, data, root);
 }
 
 /* Cuts a row dataset back to `rows` rows. */
@@ -390,18 +395,8 @@ void nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, doubl
             for (size_t i = 0; i < VE; i++) cum[i] += te[i];
         block_name(nm, sizeof nm, l, "token_expert");
         hid_t d = NM_H5_CHECK(H5Dopen2(f, nm, H5P_DEFAULT));
-        hid_t fs = NM_H5_CHECK(H5Dget_space(d)), ms = NM_H5_CHECK(H5Screate_simple(2, tVE, NULL));
-        if (!root) {
-            NM_H5_CHECK(H5Sselect_none(fs));
-            NM_H5_CHECK(H5Sselect_none(ms));
-        }
-        hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
-        NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-        NM_H5_CHECK(H5Dwrite(d, H5T_NATIVE_INT64, ms, fs, dxpl, cum));
-        NM_H5_CHECK(H5Pclose(dxpl));
-        NM_H5_CHECK(H5Sclose(ms));
-        NM_H5_CHECK(H5Sclose(fs));
-        NM_H5_CHECK(H5Dclose(d));
+        write_collective(d, H5T_NATIVE_INT64, NM_H5_CHECK(H5Screate_simple(2, tVE, NULL)),
+                         NM_H5_CHECK(H5Dget_space(d)), cum, root);
     }
     free(ibuf);
     free(rows_in);

@@ -5,6 +5,7 @@
 # error paths of every public function under AddressSanitizer/LeakSanitizer.
 # usage: install.sh BUILD_DIR REPO
 set -u
+source "$(dirname "$0")/lib.sh"
 build=$1 repo=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -19,8 +20,7 @@ for f in bin/nanomoe include/nanomoe/nanomoe.h lib/libnanomoe.so lib/libnanomoe.
   [ -e "$prefix/$f" ] || bad "missing $f"
 done
 ! grep -q '#include <mpi.h>\|#include "mpi.h"' "$prefix"/include/nanomoe/*.h && ok "public headers need no MPI header" || bad "a public header includes mpi.h"
-awk 'BEGIN { srand(3); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
-  for (i = 0; i < 12000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$work/text.txt"
+nm_test_text "$work/text.txt" 3 12000
 
 # pkg-config
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig

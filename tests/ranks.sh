@@ -8,6 +8,7 @@
 # tolerance of 1 rank for the first steps. Uses its own text.
 # usage: ranks.sh NANOMOE MPIEXEC REPO
 set -u
+source "$(dirname "$0")/lib.sh"
 bin=$1 mpiexec=$2 repo=$3
 py=/usr/bin/python3
 work=$(mktemp -d)
@@ -16,8 +17,7 @@ fail=0
 ok() { echo "ok - $1"; }
 bad() { echo "not ok - $1"; fail=1; }
 export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
-awk 'BEGIN { srand(7); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
-  for (i = 0; i < 9000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$work/text.txt"
+nm_test_text "$work/text.txt" 7
 
 run() { # run NP OUT [key=value...]
   local np=$1 out=$2

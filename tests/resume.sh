@@ -3,6 +3,7 @@
 # statistics and `nanomoe inspect`, on configs/tiny.ini with its own text.
 # usage: resume.sh NANOMOE MPIEXEC REPO
 set -u
+source "$(dirname "$0")/lib.sh"
 bin=$1 mpiexec=$2 repo=$3
 py=/usr/bin/python3
 work=$(mktemp -d)
@@ -12,8 +13,7 @@ ok() { echo "ok - $1"; }
 bad() { echo "not ok - $1"; fail=1; }
 export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 cd "$work"
-awk 'BEGIN { srand(11); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
-  for (i = 0; i < 9000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >text.txt
+nm_test_text text.txt 11
 common=(data="$work/text.txt" log_interval=1 eval_interval=10 stats_interval=5)
 
 train() { # train NP OUT [key=value...]: exit status of the run; log in OUT.log

@@ -8,6 +8,7 @@
 # resumes and finishes. Fails loudly when Slurm is not installed.
 # usage: slurm.sh NANOMOE REPO
 set -u
+source "$(dirname "$0")/lib.sh"
 bin=$1 repo=$2
 fail=0
 ok() { echo "ok - $1"; }
@@ -63,8 +64,7 @@ for i in $(seq 60); do [ "$(sinfo -h -o %T 2>/dev/null)" = idle ] && break; slee
 [ "$(sinfo -h -o %T 2>/dev/null)" = idle ] && ok "slurmctld and slurmd up (port $port)" || {
   bad "Slurm did not come up: $(tail -3 "$work/slurmctld.log" "$work/slurmd.log" 2>&1)"; exit 1; }
 
-awk 'BEGIN { srand(5); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
-  for (i = 0; i < 9000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$work/text.txt"
+nm_test_text "$work/text.txt" 5
 export NANOMOE_BIN=$bin
 cd "$repo"
 

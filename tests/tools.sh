@@ -16,6 +16,7 @@
 #   else (moments, attributes and their types) unchanged.
 # usage: tools.sh NANOMOE REPO MPIEXEC
 set -u
+source "$(dirname "$0")/lib.sh"
 bin=$1 repo=$2 mpiexec=${3:-mpiexec}
 py=/usr/bin/python3
 tools=$repo/tools
@@ -25,8 +26,7 @@ fail=0
 ok() { echo "ok - $1"; }
 bad() { echo "not ok - $1"; fail=1; }
 export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
-awk 'BEGIN { srand(7); split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
-  for (i = 0; i < 9000; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$work/text.txt"
+nm_test_text "$work/text.txt" 7
 text=$work/text.txt
 
 train() { # train NP OUT [key=value...]

@@ -13,6 +13,8 @@ checkpoint.
 import argparse
 import sys
 
+import nmfiles
+
 try:
     import h5py
     import numpy as np
@@ -21,17 +23,7 @@ except ImportError as e:  # pragma: no cover
 
 
 def open_ckpt(path):
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, IOError) as e:
-        sys.stderr.write(f"compare_ckpt: cannot open '{path}' as HDF5: {e}\n")
-        sys.exit(2)
-    fmt = f.attrs.get("format", b"")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-    if fmt != "nanomoe-checkpoint" or "params" not in f:
-        sys.stderr.write(f"compare_ckpt: '{path}' is not a nanomoe checkpoint (format attribute {fmt!r})\n")
-        sys.exit(2)
-    return f
+    return nmfiles.open_nanomoe(path, "nanomoe-checkpoint", "compare_ckpt")
 
 
 def tensors(group):

@@ -32,6 +32,8 @@ import argparse
 import os
 import sys
 
+import nmfiles
+
 try:
     import h5py
     import numpy as np
@@ -46,22 +48,11 @@ WIDTH_IN, HEIGHT_IN, DPI = 8, 5, 100  # 800 x 500 pixels
 
 
 def fail(msg, status=1):
-    sys.stderr.write(f"plot_run: {msg}\n")
-    sys.exit(status)
+    nmfiles.fail("plot_run", msg, status)
 
 
 def open_run(path):
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, IOError) as e:
-        fail(f"cannot open '{path}' as HDF5: {e}", 2)
-    fmt = f.attrs.get("format", b"")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-    if fmt != "nanomoe-run":
-        what = "a nanomoe checkpoint, not a run statistics file (run.h5)" if fmt == "nanomoe-checkpoint" \
-            else f"not a nanomoe run file (format attribute {fmt!r})"
-        fail(f"'{path}' is {what}", 2)
-    return f
+    return nmfiles.open_nanomoe(path, "nanomoe-run", "plot_run")
 
 
 def read(f, path, name):

@@ -38,6 +38,8 @@ import os
 import signal
 import sys
 
+import nmfiles
+
 try:
     import h5py
     import numpy as np
@@ -52,22 +54,11 @@ DPI = 100
 
 
 def fail(msg, status=1):
-    sys.stderr.write(f"routing_report: {msg}\n")
-    sys.exit(status)
+    nmfiles.fail("routing_report", msg, status)
 
 
 def open_h5(path, want):
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, IOError) as e:
-        fail(f"cannot open '{path}' as HDF5: {e}", 2)
-    fmt = f.attrs.get("format", b"")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-    if fmt != want:
-        names = {"nanomoe-run": "a nanomoe run statistics file (run.h5)", "nanomoe-checkpoint": "a nanomoe checkpoint"}
-        what = f"{names[fmt]}, not {names[want]}" if fmt in names else f"not {names[want]} (format attribute {fmt!r})"
-        fail(f"'{path}' is {what}", 2)
-    return f
+    return nmfiles.open_nanomoe(path, want, "routing_report")
 
 
 def char_name(b):

@@ -50,6 +50,8 @@ import os
 import re
 import sys
 
+import nmfiles
+
 try:
     import h5py
     import numpy as np
@@ -62,25 +64,14 @@ GROWN = re.compile(r"^blocks/(\d+)/(experts/fc[12]/(kernel|bias)|router/kernel)$
 
 
 def fail(msg, status=1):
-    sys.stderr.write(f"upcycle: {msg}\n")
-    sys.exit(status)
+    nmfiles.fail("upcycle", msg, status)
 
 
-def text(v):
-    return v.decode() if isinstance(v, bytes) else str(v)
+text = nmfiles.text
 
 
 def open_ckpt(path):
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, IOError) as e:
-        fail(f"cannot open '{path}' as HDF5: {e}", 2)
-    fmt = text(f.attrs.get("format", b""))
-    if fmt != "nanomoe-checkpoint" or "params" not in f or "config" not in f:
-        what = "a nanomoe run statistics file (run.h5), not a checkpoint" if fmt == "nanomoe-run" \
-            else f"not a nanomoe checkpoint (format attribute {fmt!r})"
-        fail(f"'{path}' is {what}", 2)
-    return f
+    return nmfiles.open_nanomoe(path, "nanomoe-checkpoint", "upcycle")
 
 
 def copy_attrs(src, dst):

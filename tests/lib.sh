@@ -1,0 +1,10 @@
+# Sourced by the shell tests: helpers shared by them.
+
+# nm_test_text FILE SEED [WORDS]: a deterministic English-like text of WORDS
+# words (default 9000) from a small word list, for tests that must not depend
+# on Tiny Shakespeare.
+nm_test_text() {
+  awk -v seed="$2" -v n="${3:-9000}" 'BEGIN { srand(seed);
+    split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
+    for (i = 0; i < n; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$1"
+}
