@@ -7,11 +7,7 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 build=$1 repo=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail=0
-ok() { echo "ok - $1"; }
-bad() { echo "not ok - $1"; fail=1; }
+nm_test_workdir
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 prefix=$work/prefix
 cmake --install "$build" --prefix "$prefix" >"$work/install.log" 2>&1 && ok "cmake --install into $prefix" || { cat "$work/install.log"; bad "cmake --install"; exit 1; }

@@ -8,3 +8,15 @@ nm_test_text() {
     split("the king and queen of a fair night shall speak my lord with love to thee we are not what good sir come hither death is sweet but time war", w, " ");
     for (i = 0; i < n; i++) { printf "%s%s", w[int(rand() * 31) + 1], (i % 11 == 10) ? ".\n" : " " } }' >"$1"
 }
+
+# One line per check, TAP-like; a failed check makes the script exit non-zero
+# through `exit $fail` at its end.
+fail=0
+ok() { echo "ok - $1"; }
+bad() { echo "not ok - $1"; fail=1; }
+
+# nm_test_workdir: a fresh temporary directory in $work, removed on exit.
+nm_test_workdir() {
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+}

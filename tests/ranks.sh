@@ -11,11 +11,7 @@ set -u
 source "$(dirname "$0")/lib.sh"
 bin=$1 mpiexec=$2 repo=$3
 py=/usr/bin/python3
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail=0
-ok() { echo "ok - $1"; }
-bad() { echo "not ok - $1"; fail=1; }
+nm_test_workdir
 export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 nm_test_text "$work/text.txt" 7
 

@@ -10,9 +10,6 @@
 set -u
 source "$(dirname "$0")/lib.sh"
 bin=$1 repo=$2
-fail=0
-ok() { echo "ok - $1"; }
-bad() { echo "not ok - $1"; fail=1; }
 for tool in slurmctld slurmd sbatch scontrol squeue scancel srun; do
   command -v $tool >/dev/null || { echo "not ok - $tool not found: install slurmctld slurmd slurm-client (Debian)"; exit 1; }
 done

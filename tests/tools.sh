@@ -20,11 +20,7 @@ source "$(dirname "$0")/lib.sh"
 bin=$1 repo=$2 mpiexec=${3:-mpiexec}
 py=/usr/bin/python3
 tools=$repo/tools
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail=0
-ok() { echo "ok - $1"; }
-bad() { echo "not ok - $1"; fail=1; }
+nm_test_workdir
 export OMP_NUM_THREADS=1 OMPI_MCA_pml=${OMPI_MCA_pml:-ob1}
 nm_test_text "$work/text.txt" 7
 text=$work/text.txt
