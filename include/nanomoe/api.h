@@ -84,8 +84,8 @@ nm_model *nm_trainer_get_model(nm_trainer *t);
 int64_t nm_trainer_get_step(const nm_trainer *t);
 
 /* The training loop of `nanomoe train`: data from cfg->data, progress through
- * the log function, checkpoints and statistics in cfg->out_dir, resume as
- * cfg->resume says. Runs on the ranks of MPI_COMM_WORLD (one process without
+ * the log function, checkpoints and statistics in cfg->out_dir (which must be
+ * set: `nanomoe train` names it runs/<config name>), resume as cfg->resume says. Runs on the ranks of MPI_COMM_WORLD (one process without
  * mpirun). Stops after the current step when *stop becomes non-zero (may be
  * NULL), writing a checkpoint. force: start a new run over existing checkpoints. */
 typedef struct nm_run_options {
