@@ -75,11 +75,10 @@ static void truncate_rows(hid_t file, const char *name, long rows) {
     hid_t d = NM_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT));
     hid_t fs = NM_H5_CHECK(H5Dget_space(d));
     hsize_t dims[3];
-    int nd = NM_H5_CHECK(H5Sget_simple_extent_dims(fs, dims, NULL));
+    NM_H5_CHECK(H5Sget_simple_extent_dims(fs, dims, NULL));
     NM_H5_CHECK(H5Sclose(fs));
     if (dims[0] > (hsize_t)rows) {
         dims[0] = (hsize_t)rows;
-        (void)nd;
         NM_H5_CHECK(H5Dset_extent(d, dims));
     }
     NM_H5_CHECK(H5Dclose(d));
@@ -97,6 +96,22 @@ static void attr_i64(hid_t obj, const char *name, int64_t v) {
 static void block_name(char *buf, size_t n, int l, const char *what) {
     snprintf(buf, n, "/routing/blocks/%d/%s", l, what);
 }
+
+/* The per-block row datasets: one row per stats interval. `tail` says what
+ * follows the row dimension: nothing, E, P (grows with the rank count) or V x E. */
+enum { TAIL_NONE, TAIL_E, TAIL_P, TAIL_VE };
+static const struct {
+    const char *name;
+    int tail;
+    int is_float; /* else integer of `bits` */
+    int bits;
+} BLOCK_ROWS[] = {
+    {"tokens_per_expert", TAIL_E, 0, 64},     {"top1_per_expert", TAIL_E, 0, 64},
+    {"dropped", TAIL_NONE, 0, 64},            {"aux_loss", TAIL_NONE, 1, 64},
+    {"router_entropy", TAIL_NONE, 1, 64},     {"tokens_per_rank", TAIL_P, 0, 64},
+    {"token_expert_interval", TAIL_VE, 0, 32},
+};
+#define NBLOCK_ROWS (int)(sizeof BLOCK_ROWS / sizeof BLOCK_ROWS[0])
 
 static void create_file_layout(hid_t f, const nm_run_stats *rs, const nm_vocab *vocab, int stats_interval) {
     hid_t t = NM_H5_CHECK(H5Tcopy(H5T_C_S1));
@@ -135,20 +150,16 @@ static void create_file_layout(hid_t f, const nm_run_stats *rs, const nm_vocab *
     }
     create_rows(f, "/routing/step", H5T_STD_I64LE, 1, none, 0);
     for (int l = 0; l < rs->L; l++) {
-        block_name(nm, sizeof nm, l, "tokens_per_expert");
-        create_rows(f, nm, H5T_STD_I64LE, 2, E, 0);
-        block_name(nm, sizeof nm, l, "top1_per_expert");
-        create_rows(f, nm, H5T_STD_I64LE, 2, E, 0);
-        block_name(nm, sizeof nm, l, "dropped");
-        create_rows(f, nm, H5T_STD_I64LE, 1, none, 0);
-        block_name(nm, sizeof nm, l, "aux_loss");
-        create_rows(f, nm, H5T_IEEE_F64LE, 1, none, 0);
-        block_name(nm, sizeof nm, l, "router_entropy");
-        create_rows(f, nm, H5T_IEEE_F64LE, 1, none, 0);
-        block_name(nm, sizeof nm, l, "tokens_per_rank");
-        create_rows(f, nm, H5T_STD_I64LE, 2, P, 1);
-        block_name(nm, sizeof nm, l, "token_expert_interval");
-        create_rows(f, nm, H5T_STD_I32LE, 3, VE, 0);
+        for (int i = 0; i < NBLOCK_ROWS; i++) {
+            int tail = BLOCK_ROWS[i].tail;
+            hid_t type = BLOCK_ROWS[i].is_float ? H5T_IEEE_F64LE
+                         : BLOCK_ROWS[i].bits == 32 ? H5T_STD_I32LE
+                                                    : H5T_STD_I64LE;
+            const hsize_t *dims = tail == TAIL_E ? E : tail == TAIL_P ? P : tail == TAIL_VE ? VE : none;
+            int ndim = tail == TAIL_NONE ? 1 : tail == TAIL_VE ? 3 : 2;
+            block_name(nm, sizeof nm, l, BLOCK_ROWS[i].name);
+            create_rows(f, nm, type, ndim, dims, tail == TAIL_P);
+        }
         /* cumulative first choices per vocabulary id: rewritten at every row */
         block_name(nm, sizeof nm, l, "token_expert");
         hid_t s2 = NM_H5_CHECK(H5Screate_simple(2, VE, NULL));
@@ -211,13 +222,11 @@ static int reopen(nm_run_stats *rs, const char *path, const nm_model *m, int64_t
         truncate_rows(f, nm, keep);
     }
     truncate_rows(f, "/routing/step", keep);
-    const char *per_block[] = {"tokens_per_expert", "top1_per_expert", "dropped", "aux_loss", "router_entropy",
-                               "tokens_per_rank", "token_expert_interval"};
     size_t VE = (size_t)rs->V * rs->E;
     int32_t *rowbuf = nm_malloc(sizeof(int32_t) * VE * (size_t)(keep > 0 ? keep : 1));
     for (int l = 0; l < rs->L; l++) {
-        for (int i = 0; i < 7; i++) {
-            block_name(nm, sizeof nm, l, per_block[i]);
+        for (int i = 0; i < NBLOCK_ROWS; i++) {
+            block_name(nm, sizeof nm, l, BLOCK_ROWS[i].name);
             truncate_rows(f, nm, keep);
         }
         /* the cumulative counts are the sum of the rows that remain */
@@ -412,12 +421,11 @@ void nm_run_stats_summary(nm_run_stats *rs, char *buf, size_t n) {
     size_t o = 0;
     for (int l = 0; l < L && o < n; l++) {
         const double *c = rs->sum_count + (size_t)l * E;
-        double mx = 0, mn = INFINITY, tot = 0;
+        double mx = 0, mn = INFINITY;
         int dead = 0;
         for (int e = 0; e < E; e++) {
             mx = c[e] > mx ? c[e] : mx;
             mn = c[e] < mn ? c[e] : mn;
-            tot += c[e];
             dead += c[e] == 0;
         }
         char ratio[32];
@@ -425,7 +433,6 @@ void nm_run_stats_summary(nm_run_stats *rs, char *buf, size_t n) {
         else snprintf(ratio, sizeof ratio, "inf");
         o += (size_t)snprintf(buf + o, n - o, "%sL%d load max/min %s dead %d dropped %.0f", l ? " | " : "", l, ratio, dead,
                               rs->sum_dropped[l]);
-        (void)tot;
     }
     memset(rs->sum_count, 0, sizeof(double) * (size_t)L * E);
     memset(rs->sum_dropped, 0, sizeof(double) * (size_t)L);

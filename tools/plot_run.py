@@ -75,6 +75,17 @@ def new_fig():
     return plt.figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
 
 
+def finish_lines(fig, ax, xlabel, ylabel, title, outdir, name, written):
+    """Labels, grid and legend of a line plot, then save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save(fig, outdir, name, written)
+
+
 def save(fig, outdir, name, written):
     path = os.path.join(outdir, name)
     fig.savefig(path, dpi=DPI)  # no bbox_inches='tight': it would change the pixel size
@@ -119,13 +130,8 @@ def main():
     ok = np.isfinite(val)
     if ok.any():
         ax.plot(mstep[ok], val[ok], "o-", label="validation loss (evaluation in the row's interval)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(f"loss: {p if len(p) <= 70 else '...' + p[-67:]}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save(fig, args.outdir, "loss.png", written)
+    finish_lines(fig, ax, "step", "loss (nats)", f"loss: {p if len(p) <= 70 else '...' + p[-67:]}",
+                 args.outdir, "loss.png", written)
 
     # expert load heatmaps
     edges, ylabel = row_edges(rstep, interval)
@@ -154,13 +160,8 @@ def main():
     for i, b in enumerate(blocks):
         ax.plot(rstep, b["router_entropy"], ".-", label=f"layer {i}", color=colors[i % len(colors)])
     ax.axhline(np.log(E), color="k", linestyle=":", label=f"ln(E) = ln {E} = {np.log(E):.3f} (uniform)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean router entropy (nats)")
-    ax.set_title("router entropy (full softmax, mean per token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save(fig, args.outdir, "router_entropy.png", written)
+    finish_lines(fig, ax, "step", "mean router entropy (nats)", "router entropy (full softmax, mean per token)",
+                 args.outdir, "router_entropy.png", written)
 
     # dropped copies
     fig = new_fig()
@@ -168,14 +169,9 @@ def main():
     for i, b in enumerate(blocks):
         ax.plot(rstep, b["dropped"], ".-", label=f"layer {i}", color=colors[i % len(colors)])
     total = int(sum(int(b["dropped"].sum()) for b in blocks))
-    ax.set_xlabel("step")
-    ax.set_ylabel("token copies dropped in the row's interval")
-    ax.set_title(f"copies dropped by the capacity limit ({total} in all)")
     ax.set_ylim(bottom=0, top=None if total > 0 else 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save(fig, args.outdir, "dropped.png", written)
+    finish_lines(fig, ax, "step", "token copies dropped in the row's interval",
+                 f"copies dropped by the capacity limit ({total} in all)", args.outdir, "dropped.png", written)
 
     # all-to-all imbalance across ranks
     fig = new_fig()
@@ -194,14 +190,9 @@ def main():
                 ratio[r] = live.max() / live.mean()
         ax.plot(rstep, ratio, ".-", label=f"layer {i}", color=colors[i % len(colors)])
     ax.axhline(1.0, color="k", linestyle=":", label="1 = even")
-    ax.set_xlabel("step")
-    ax.set_ylabel("max / mean over ranks")
-    ax.set_title(f"all-to-all imbalance: rows received per rank ({P} rank column(s))"
-                 + (" -- 1 rank: flat at 1" if P == 1 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save(fig, args.outdir, "rank_imbalance.png", written)
+    finish_lines(fig, ax, "step", "max / mean over ranks",
+                 f"all-to-all imbalance: rows received per rank ({P} rank column(s))"
+                 + (" -- 1 rank: flat at 1" if P == 1 else ""), args.outdir, "rank_imbalance.png", written)
 
     for w in written:
         print(w)
