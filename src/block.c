@@ -15,14 +15,14 @@
         if (r->timers) r->timers->sec[cat] += nm_now() - t_##id;       \
     } while (0)
 
-void nm_dense_backward_chunked(const nm_grad_chunks *k, float *dinp, const float *gW, const float *gb,
+void nm_dense_backward_chunked(const nm_grad_chunks *k, int T, float *dinp, const float *gW, const float *gb,
                                const float *dout, const float *inp, const float *W, int Din, int Dout) {
     long N = k->n * k->rows;
-    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)N, Din, Dout);
+    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)(N / T), T, Din, Dout);
     for (int ch = 0; ch < k->n; ch++) {
         long r0 = ch * k->rows;
         nm_dense_backward(NULL, nm_chunk_ptr(k, ch, gW), gb ? nm_chunk_ptr(k, ch, gb) : NULL, dout + r0 * Dout,
-                          inp + r0 * Din, NULL, (int)k->rows, Din, Dout);
+                          inp + r0 * Din, NULL, 1, (int)k->rows, Din, Dout);
     }
 }
 
@@ -99,14 +99,14 @@ void nm_block_run_forward(const nm_block_run *r, nm_layer_acts *a, const nm_laye
     nm_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->x, w->ln1_s, w->ln1_b, N, C, r->eps);
     TOC(ln1, NM_T_LAYERNORM);
     TIC(qkv);
-    nm_dense_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, N, C, 3 * C);
+    nm_dense_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, B, T, C, 3 * C);
     TOC(qkv, NM_T_ATTN_PROJ);
     TIC(core);
     nm_attn_dropout ad = {r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_W(l)), r->b_offset};
     nm_attention_forward(a->att, a->probs, a->qkv, B, T, C, H, &ad, s->attn);
     TOC(core, NM_T_ATTN_CORE);
     TIC(out);
-    nm_dense_forward(s->tmp, a->att, w->out_w, w->out_b, N, C, C);
+    nm_dense_forward(s->tmp, a->att, w->out_w, w->out_b, B, T, C, C);
     TOC(out, NM_T_ATTN_PROJ);
     TIC(res1);
     nm_dropout(s->tmp, NC, r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_OUT(l)), base_nc);
@@ -150,7 +150,7 @@ void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_lay
     TOC(res1, NM_T_RESIDUAL);
     TIC(out);
     memset(s->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(k, s->dln, g->out_w, g->out_b, s->dtmp, a->att, w->out_w, C, C);
+    nm_dense_backward_chunked(k, T, s->dln, g->out_w, g->out_b, s->dtmp, a->att, w->out_w, C, C);
     TOC(out, NM_T_ATTN_PROJ);
     TIC(core);
     nm_attn_dropout ad = {r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_W(l)), r->b_offset};
@@ -158,7 +158,7 @@ void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_lay
     TOC(core, NM_T_ATTN_CORE);
     TIC(qkv);
     memset(s->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(k, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, C, 3 * C);
+    nm_dense_backward_chunked(k, T, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, C, 3 * C);
     TOC(qkv, NM_T_ATTN_PROJ);
     TIC(ln1);
     nm_layernorm_backward_chunked(k, dx, g->ln1_s, g->ln1_b, s->dln, a->x, w->ln1_s, a->ln1_mean, a->ln1_rstd, C);

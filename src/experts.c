@@ -12,9 +12,9 @@
 void nm_expert_ffn_forward(float *ys, float *u, const float *xs, const float *W1, const float *b1, const float *W2,
                            const float *b2, int M, int C, int F, float *act) {
     if (M <= 0) return;
-    nm_dense_forward(u, xs, W1, b1, M, C, F);
+    nm_dense_forward(u, xs, W1, b1, 1, M, C, F);
     nm_gelu_forward(act, u, (size_t)M * F);
-    nm_dense_forward(ys, act, W2, b2, M, F, C);
+    nm_dense_forward(ys, act, W2, b2, 1, M, F, C);
 }
 
 void nm_expert_ffn_backward(float *dxs, float *dW1, float *db1, float *dW2, float *db2, const float *dys,
@@ -23,8 +23,8 @@ void nm_expert_ffn_backward(float *dxs, float *dW1, float *db1, float *dW2, floa
     if (M <= 0) return;
     nm_gemm(0, 1, M, F, C, 1.0f, dys, C, W2, C, 0.0f, du, F); /* d act = dys W2^T */
     nm_gelu_backward(du, act, u, du, (size_t)M * F);           /* du = d act * gelu'(u); act = gelu(u) */
-    nm_dense_backward(NULL, dW2, db2, dys, act, W2, M, F, C);
-    nm_dense_backward(NULL, dW1, db1, du, xs, W1, M, C, F);
+    nm_dense_backward(NULL, dW2, db2, dys, act, W2, 1, M, F, C);
+    nm_dense_backward(NULL, dW1, db1, du, xs, W1, 1, M, C, F);
     nm_gemm(0, 1, M, C, F, 1.0f, du, F, W1, F, 0.0f, dxs, C); /* dxs = du W1^T */
 }
 
@@ -97,7 +97,7 @@ void nm_experts_backward(float *dxs, float *dW1, float *db1, float *dW2, float *
         int M = count[e];
         size_t r0 = (size_t)offset[e];
         if (M <= 0) continue;
-        nm_dense_backward(NULL, dW2 + (size_t)e * F * C, db2 + (size_t)e * C, dys + r0 * C, act + r0 * F, NULL, M, F, C);
-        nm_dense_backward(NULL, dW1 + (size_t)e * C * F, db1 + (size_t)e * F, du + r0 * F, xs + r0 * C, NULL, M, C, F);
+        nm_dense_backward(NULL, dW2 + (size_t)e * F * C, db2 + (size_t)e * C, dys + r0 * C, act + r0 * F, NULL, 1, M, F, C);
+        nm_dense_backward(NULL, dW1 + (size_t)e * C * F, db1 + (size_t)e * F, du + r0 * F, xs + r0 * C, NULL, 1, M, C, F);
     }
 }

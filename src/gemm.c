@@ -40,6 +40,26 @@ void nm_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
     }
 }
 
+void nm_gemm_seq(int tw, int B, int T, int N, int K, const float *A, int lda, const float *W, int ldw, float beta,
+                 float *C, int ldc) {
+    if (B <= 0 || T <= 0 || N <= 0) return;
+    enum CBLAS_TRANSPOSE TW = tw ? CblasTrans : CblasNoTrans;
+    /* pieces: a function of T alone; edges on multiples of 16 where possible */
+    int np = (T + NM_GEMM_PIECE - 1) / NM_GEMM_PIECE, per = ((T + np - 1) / np + 15) / 16 * 16;
+    np = (T + per - 1) / per;
+    long tasks = (long)B * np;
+    /* which thread runs a piece never changes its bits: parallelise only when worth it */
+    int par = !omp_in_parallel() && omp_get_max_threads() > 1 && tasks > 1 &&
+              nm_gemm_flops(B * T, N, K) >= SPLIT_MIN_FLOPS;
+#pragma omp parallel for schedule(static) if (par)
+    for (long i = 0; i < tasks; i++) {
+        long r0 = (i / np) * T + (i % np) * per;
+        int rows = (int)((i % np) == np - 1 ? T - (i % np) * per : per);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, TW, rows, N, K, 1.0f, A + r0 * lda, lda, W, ldw, beta, C + r0 * ldc,
+                    ldc);
+    }
+}
+
 int nm_threads_init(void) {
     openblas_set_num_threads(1);
     return omp_get_max_threads();

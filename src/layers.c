@@ -58,9 +58,9 @@ int nm_mha_forward(nm_mha *a, float *out, const float *x, const nm_layer_view *w
     NEED(w->qkv_w && w->qkv_b && w->out_w && w->out_b, "nm_mha_forward: w needs qkv_w, qkv_b, out_w and out_b");
     int N = a->B * a->T, C = a->C;
     memcpy(a->x, x, sizeof(float) * (size_t)N * C);
-    nm_dense_forward(a->qkv, a->x, w->qkv_w, w->qkv_b, N, C, 3 * C);
+    nm_dense_forward(a->qkv, a->x, w->qkv_w, w->qkv_b, a->B, a->T, C, 3 * C);
     nm_attention_forward(a->att, a->probs, a->qkv, a->B, a->T, C, a->H, NULL, a->scratch);
-    nm_dense_forward(out, a->att, w->out_w, w->out_b, N, C, C);
+    nm_dense_forward(out, a->att, w->out_w, w->out_b, a->B, a->T, C, C);
     return 0;
 }
 
@@ -70,9 +70,9 @@ int nm_mha_backward(nm_mha *a, float *dx, const nm_layer_view *g, const float *d
     NEED(g->qkv_w && g->qkv_b && g->out_w && g->out_b, "nm_mha_backward: g needs qkv_w, qkv_b, out_w and out_b");
     int N = a->B * a->T, C = a->C;
     memset(a->datt, 0, sizeof(float) * (size_t)N * C);
-    nm_dense_backward(a->datt, g->out_w, g->out_b, dout, a->att, w->out_w, N, C, C);
+    nm_dense_backward(a->datt, g->out_w, g->out_b, dout, a->att, w->out_w, a->B, a->T, C, C);
     nm_attention_backward(a->dqkv, a->datt, a->qkv, a->probs, a->B, a->T, C, a->H, NULL, a->scratch);
-    nm_dense_backward(dx, g->qkv_w, g->qkv_b, a->dqkv, a->x, w->qkv_w, N, C, 3 * C);
+    nm_dense_backward(dx, g->qkv_w, g->qkv_b, a->dqkv, a->x, w->qkv_w, a->B, a->T, C, 3 * C);
     return 0;
 }
 

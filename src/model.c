@@ -223,7 +223,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     TIC(head);
     nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
                          (float)c->layer_norm_eps);
-    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, (int)N, C, V);
+    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, B, T, C, V);
     if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
     TOC(head, NM_T_HEAD);
 
@@ -311,7 +311,7 @@ void nm_model_backward(nm_model *m) {
     TIC(head);
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(&k, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
+    nm_dense_backward_chunked(&k, T, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
     nm_layernorm_backward_chunked(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean,
                                   a->lnf_rstd, C);

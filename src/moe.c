@@ -234,10 +234,10 @@ void nm_moe_backward(float *dm, float *dWr, const nm_layer_view *g, const float 
     }
     lap(s, NM_T_PERMUTE, &t0);
     nm_router_backward(dm, dWr, s->dlogits, m, w->router_w, a->probs, a->topi, a->gates, s->dgates, dprob, N, C, E,
-                       K);
+                       K, d->seq_len);
     lap(s, NM_T_ROUTER, &t0);
 }
 
 void nm_moe_router_weight_grad(float *dWr, const float *m, const nm_moe_scratch *s, int r0, int n, const nm_moe_dims *d) {
-    nm_dense_backward(NULL, dWr, NULL, s->dlogits + (size_t)r0 * d->E, m + (size_t)r0 * d->C, NULL, n, d->C, d->E);
+    nm_dense_backward(NULL, dWr, NULL, s->dlogits + (size_t)r0 * d->E, m + (size_t)r0 * d->C, NULL, 1, n, d->C, d->E);
 }

@@ -118,12 +118,13 @@ void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout,
     }
 }
 
-void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int N, int Din, int Dout) {
+void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int B, int T, int Din, int Dout) {
+    long N = (long)B * T;
     if (b) {
-#pragma omp parallel for if ((long)N * Dout > PAR_MIN)
-        for (int n = 0; n < N; n++) memcpy(out + (long)n * Dout, b, sizeof(float) * (size_t)Dout);
+#pragma omp parallel for if (N * Dout > PAR_MIN)
+        for (long n = 0; n < N; n++) memcpy(out + n * Dout, b, sizeof(float) * (size_t)Dout);
     }
-    nm_gemm(0, 0, N, Dout, Din, 1.0f, inp, Din, W, Dout, b ? 1.0f : 0.0f, out, Dout);
+    nm_gemm_seq(0, B, T, Dout, Din, inp, Din, W, Dout, b ? 1.0f : 0.0f, out, Dout);
 }
 
 /* A vector of ones for column sums as matrix-vector products; it only grows,
@@ -164,10 +165,11 @@ void nm_colsum_add(float *db, const float *dout, int N, int Dout) {
     }
 }
 
-void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp, const float *W, int N,
-                       int Din, int Dout) {
+void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp, const float *W, int B,
+                       int T, int Din, int Dout) {
+    int N = B * T;
     if (N <= 0) return;
-    if (dinp) nm_gemm(0, 1, N, Din, Dout, 1.0f, dout, Dout, W, Dout, 1.0f, dinp, Din);
+    if (dinp) nm_gemm_seq(1, B, T, Din, Dout, dout, Dout, W, Dout, 1.0f, dinp, Din);
     if (dW) nm_gemm(1, 0, Din, Dout, N, 1.0f, inp, Din, dout, Dout, 1.0f, dW, Dout);
     if (db) nm_colsum_add(db, dout, N, Dout);
 }

@@ -10,7 +10,7 @@
 
 void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, double *top1, double *ent,
                        const float *m, const float *Wr, int N, int C, int E, int K, int seq_len) {
-    nm_dense_forward(probs, m, Wr, NULL, N, C, E); /* logits, turned into probs below */
+    nm_dense_forward(probs, m, Wr, NULL, N / seq_len, seq_len, C, E); /* logits, turned into probs below */
 #pragma omp parallel for if ((long)N * E > 16384)
     for (int n = 0; n < N; n++) {
         float *r = probs + (long)n * E;
@@ -71,7 +71,7 @@ double nm_router_aux(const double *psum, const double *top1, double ntok, int E,
 
 void nm_router_backward(float *dm, float *dWr, float *dlogits, const float *m, const float *Wr, const float *probs,
                         const int32_t *topi, const float *gates, const float *dgates, const double *dprob, int N,
-                        int C, int E, int K) {
+                        int C, int E, int K, int seq_len) {
 #pragma omp parallel for if ((long)N * E > 16384)
     for (int n = 0; n < N; n++) {
         const float *p = probs + (long)n * E;
@@ -87,5 +87,5 @@ void nm_router_backward(float *dm, float *dWr, float *dlogits, const float *m, c
         for (int k = 0; k < K; k++) gdot += g[k] * dg[k];
         for (int k = 0; k < K; k++) dl[ti[k]] += g[k] * (dg[k] - gdot);
     }
-    nm_dense_backward(dm, dWr, NULL, dlogits, m, Wr, N, C, E);
+    nm_dense_backward(dm, dWr, NULL, dlogits, m, Wr, N / seq_len, seq_len, C, E);
 }

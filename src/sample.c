@@ -103,18 +103,18 @@ const float *nm_sampler_push(nm_sampler *s, int32_t token) {
     for (int l = 0; l < c->n_layers; l++) {
         const nm_layer_view *w = &p->layers[l];
         nm_layernorm_forward(s->a, s->mean, s->rstd, s->x, w->ln1_s, w->ln1_b, 1, C, eps);
-        nm_dense_forward(s->qkv, s->a, w->qkv_w, w->qkv_b, 1, C, 3 * C);
+        nm_dense_forward(s->qkv, s->a, w->qkv_w, w->qkv_b, 1, 1, C, 3 * C);
         memcpy(s->kcache[l] + (long)t * C, s->qkv + C, sizeof(float) * (size_t)C);
         memcpy(s->vcache[l] + (long)t * C, s->qkv + 2 * C, sizeof(float) * (size_t)C);
         nm_attention_decode(s->att, s->qkv, s->kcache[l], s->vcache[l], C, t, C, H, s->scores);
-        nm_dense_forward(s->tmp, s->att, w->out_w, w->out_b, 1, C, C);
+        nm_dense_forward(s->tmp, s->att, w->out_w, w->out_b, 1, 1, C, C);
         nm_add(s->x, s->x, s->tmp, (size_t)C);
         nm_layernorm_forward(s->a, s->mean, s->rstd, s->x, w->ln2_s, w->ln2_b, 1, C, eps);
         nm_moe_forward(s->tmp, &s->moe, s->a, w, &d, &s->moe_scratch, &m->dispatch);
         nm_add(s->x, s->x, s->tmp, (size_t)C);
     }
     nm_layernorm_forward(s->a, s->mean, s->rstd, s->x, p->lnf_s, p->lnf_b, 1, C, eps);
-    nm_dense_forward(s->logits, s->a, p->head_w, p->head_b, 1, C, V);
+    nm_dense_forward(s->logits, s->a, p->head_w, p->head_b, 1, 1, C, V);
     s->len = t + 1;
     return s->logits;
 }

@@ -135,35 +135,51 @@ nm_losses nm_evaluate(nm_trainer *t) {
     return sum;
 }
 
-nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len) {
-    int T = m->cfg.block_size, cap = m->cap_B, P = m->nranks, r = m->rank;
+nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len, int batch) {
+    int T = m->cfg.block_size, P = m->nranks, r = m->rank;
     long nw = len >= (size_t)T + 1 ? (long)((len - (size_t)T - 1) / (size_t)T) + 1 : 0;
+    int cap = m->cap_B;
+    if (batch < 1) batch = 1;
+    if ((batch + P - 1) / P > cap) batch = cap * P; /* never more windows than the activations hold */
     int32_t *x = nm_malloc(sizeof(int32_t) * (size_t)cap * T), *y = nm_malloc(sizeof(int32_t) * (size_t)cap * T);
-    double sums[2] = {0.0, 0.0}; /* cross-entropy over targets, aux over windows */
-    /* every rank takes up to cap windows per round; all ranks run every round,
-     * since the MoE exchange is collective */
-    long per_round = (long)P * cap;
-    for (long w0 = 0; w0 < nw; w0 += per_round) {
-        long mine = w0 + (long)r * cap;
-        int B = mine >= nw ? 0 : (int)(nw - mine < cap ? nw - mine : cap);
+    /* per-window sums, nonzero only for this rank's windows: merged over ranks
+     * by a sum with zeros (exact), then added in window order, so the result
+     * does not depend on the rank count */
+    double *win = nm_calloc((size_t)(nw > 0 ? nw : 1) * 2, sizeof(double)); /* [nw] ce sums | [nw] aux */
+    /* rounds of `batch` consecutive windows, cut into rank slices like a
+     * training batch: the experts see the same rows whatever P is */
+    for (long w0 = 0; w0 < nw; w0 += batch) {
+        int n = nw - w0 < batch ? (int)(nw - w0) : batch, b0, b1;
+        nm_dist_batch_slice(n, r, P, &b0, &b1);
+        int B = b1 - b0;
         for (int b = 0; b < B; b++) {
-            size_t s = (size_t)(mine + b) * T;
+            size_t s = (size_t)(w0 + b0 + b) * T;
             memcpy(x + (size_t)b * T, tokens + s, sizeof(int32_t) * (size_t)T);
             memcpy(y + (size_t)b * T, tokens + s + 1, sizeof(int32_t) * (size_t)T);
         }
-        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = mine, .b_global = nw - w0 < per_round ? nw - w0 : per_round};
+        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = w0 + b0, .b_global = n};
         nm_model_forward(m, x, y, B, T, &o);
-        for (long i = 0; i < (long)B * T; i++) sums[0] += m->acts.losses[i];
-        for (int b = 0; b < B; b++) sums[1] += nm_model_seq_aux(m, b);
+        for (int b = 0; b < B; b++) {
+            double ce = 0.0;
+            for (int t = 0; t < T; t++) ce += m->acts.losses[(long)b * T + t];
+            win[w0 + b0 + b] = ce;
+            win[nw + w0 + b0 + b] = nm_model_seq_aux(m, b);
+        }
     }
-    if (P > 1) NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 2, MPI_DOUBLE, MPI_SUM, m->comm));
+    if (P > 1 && nw > 0) NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, win, (int)(2 * nw), MPI_DOUBLE, MPI_SUM, m->comm));
+    double ce = 0.0, aux = 0.0;
+    for (long w = 0; w < nw; w++) {
+        ce += win[w];
+        aux += win[nw + w];
+    }
     free(x);
     free(y);
+    free(win);
     nm_split_eval res = {0};
     res.windows = nw;
     res.tokens = nw * T;
-    res.ce = nw ? sums[0] / (double)res.tokens : NAN;
-    res.aux = nw ? sums[1] / (double)nw : NAN;
+    res.ce = nw ? ce / (double)res.tokens : NAN;
+    res.aux = nw ? aux / (double)nw : NAN;
     res.loss = res.ce + m->cfg.aux_loss_coeff * res.aux;
     return res;
 }

@@ -84,7 +84,7 @@ int main(int argc, char **argv) {
     memcpy(m1.params[1], t.model.params[1], sizeof(float) * m1.layout.n_expert);
     const int32_t *val = data.tokens + data.n_train;
     size_t nval = data.n_tokens - data.n_train;
-    nm_split_eval e1 = nm_evaluate_split(&m1, val, nval), e2 = nm_evaluate_split(&m2, val, nval);
+    nm_split_eval e1 = nm_evaluate_split(&m1, val, nval, 8), e2 = nm_evaluate_split(&m2, val, nval, 8);
     printf("eval before save: ce %.8f aux %.8f loss %.8f windows %ld\n", e1.ce, e1.aux, e1.loss, e1.windows);
     printf("eval after load:  ce %.8f aux %.8f loss %.8f windows %ld\n", e2.ce, e2.aux, e2.loss, e2.windows);
     CHECK(e1.ce == e2.ce && e1.aux == e2.aux && e1.loss == e2.loss && e1.windows == e2.windows,

@@ -52,7 +52,7 @@ static void test_router_case(const char *what, double gcoef, double coeff) {
     float *dgates = falloc((size_t)N * K), *dm = falloc((size_t)N * C), *dWr = falloc((size_t)C * E),
           *dl = falloc((size_t)N * E);
     for (int i = 0; i < N * K; i++) dgates[i] = (float)(gcoef * c.wgate[i]);
-    nm_router_backward(dm, dWr, dl, c.m, c.Wr, c.probs, c.topi, c.gates, dgates, dprob, N, C, E, K);
+    nm_router_backward(dm, dWr, dl, c.m, c.Wr, c.probs, c.topi, c.gates, dgates, dprob, N, C, E, K, seq_len);
     printf("  aux = %.6f\n", aux);
     char nm[80];
     snprintf(nm, sizeof nm, "router dm [%s]", what);

@@ -87,21 +87,22 @@ static void test_layernorm(void) {
 
 typedef struct {
     float *out, *inp, *W, *b, *R;
-    int N, Din, Dout;
+    int B, T, N, Din, Dout;
 } dense_ctx;
 
 static double dense_obj(void *p) {
     dense_ctx *c = p;
-    nm_dense_forward(c->out, c->inp, c->W, c->b, c->N, c->Din, c->Dout);
+    nm_dense_forward(c->out, c->inp, c->W, c->b, c->B, c->T, c->Din, c->Dout);
     return dotd(c->out, c->R, (size_t)c->N * c->Dout);
 }
 
-static void test_dense_case(int N, int Din, int Dout, int subset) {
+static void test_dense_case(int B, int T, int Din, int Dout, int subset) {
     char nm[80];
+    int N = B * T;
     printf("nm_dense_backward N=%d Din=%d Dout=%d%s\n", N, Din, Dout,
            subset ? " (threaded nm_gemm path, random subset)" : "");
     size_t ni = (size_t)N * Din, nw = (size_t)Din * Dout, no = (size_t)N * Dout;
-    dense_ctx c = {falloc(no), falloc(ni), falloc(nw), falloc(Dout), falloc(no), N, Din, Dout};
+    dense_ctx c = {falloc(no), falloc(ni), falloc(nw), falloc(Dout), falloc(no), B, T, N, Din, Dout};
     fill_normal(c.inp, ni, 0, 1);
     fill_normal(c.W, nw, 0, 1.0 / sqrt(Din));
     fill_normal(c.b, Dout, 0, 0.5);
@@ -109,9 +110,9 @@ static void test_dense_case(int N, int Din, int Dout, int subset) {
     float *di = falloc(ni), *dW = falloc(nw), *db = falloc(Dout);
     float *di2 = falloc(ni), *dW2 = falloc(nw), *db2 = falloc(Dout);
     dense_obj(&c);
-    nm_dense_backward(di, dW, db, c.R, c.inp, c.W, N, Din, Dout);
+    nm_dense_backward(di, dW, db, c.R, c.inp, c.W, B, T, Din, Dout);
     fill_const(di2, ni, 1.5f), fill_const(dW2, nw, 1.5f), fill_const(db2, Dout, 1.5f);
-    nm_dense_backward(di2, dW2, db2, c.R, c.inp, c.W, N, Din, Dout);
+    nm_dense_backward(di2, dW2, db2, c.R, c.inp, c.W, B, T, Din, Dout);
     snprintf(nm, sizeof nm, "dense %dx%dx%d dinp adds", N, Din, Dout);
     check_adds(nm, di, di2, ni, 1.5f);
     snprintf(nm, sizeof nm, "dense %dx%dx%d dW adds", N, Din, Dout);
@@ -120,7 +121,7 @@ static void test_dense_case(int N, int Din, int Dout, int subset) {
     check_adds(nm, db, db2, Dout, 1.5f);
     /* dinp = NULL and db = NULL are skipped, dW unchanged */
     float *dW3 = falloc(nw);
-    nm_dense_backward(NULL, dW3, NULL, c.R, c.inp, c.W, N, Din, Dout);
+    nm_dense_backward(NULL, dW3, NULL, c.R, c.inp, c.W, B, T, Din, Dout);
     double dd = 0.0;
     for (size_t i = 0; i < nw; i++) dd = fmax(dd, fabs((double)dW3[i] - dW[i]));
     CHECK(dd == 0.0, "dense: dW with dinp=NULL, db=NULL differs by %.3g", dd);
@@ -247,8 +248,10 @@ int main(int argc, char **argv) {
     double t0 = MPI_Wtime();
     test_embedding();
     test_layernorm();
-    test_dense_case(5, 7, 9, 0);
-    test_dense_case(256, 64, 160, 1);
+    test_dense_case(1, 5, 7, 9, 0);
+    test_dense_case(2, 3, 7, 9, 0);
+    test_dense_case(4, 64, 64, 160, 1);
+    test_dense_case(1, 300, 64, 160, 1); /* a sequence longer than NM_GEMM_PIECE: two pieces */
     test_gelu();
     test_crossentropy();
     test_attention(2, 8, 16, 2, 0.0f, 0);

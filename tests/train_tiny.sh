@@ -41,7 +41,11 @@ echo "$ev" | grep -Eq '^ce [0-9]+\.[0-9]{8} aux [0-9]+\.[0-9]{8} loss [0-9]+\.[0
 echo "$ev" | awk '{ if ($6 - ($2 + 0.01 * $4) > 1e-7 || ($2 + 0.01 * $4) - $6 > 1e-7) exit 1 }' \
   && ok "eval loss = ce + aux_loss_coeff * aux" || bad "eval loss inconsistent"
 ev2=$("$bin" eval "$ck" --batch 5 2>&1)
-[ "$ev" = "$ev2" ] && ok "eval independent of --batch" || bad "eval differs with --batch 5: $ev2"
+# --batch regroups the windows whose rows meet in the experts' products: float
+# rounding only (the rank count changes nothing: tests/ranks.sh)
+awk -v a="$ev" -v b="$ev2" 'BEGIN { split(a, x, " "); split(b, y, " "); w = 0
+  for (i = 2; i <= 6; i += 2) { d = x[i] - y[i]; if (d < 0) d = -d; if (d / x[i] > w) w = d / x[i] }
+  exit !(w <= 1e-6 && x[8] == y[8]) }' && ok "eval with --batch 5 within 1e-6 of --batch 32" || bad "eval differs with --batch 5: $ev2"
 
 s1=$("$bin" sample "$ck" --tokens 120 --seed 5 --prompt "ROMEO:" 2>&1)
 s2=$("$bin" sample "$ck" --tokens 120 --seed 5 --prompt "ROMEO:" 2>&1)

@@ -66,9 +66,9 @@ static inline float *nm_chunk_ptr(const nm_grad_chunks *k, int ch, const float *
     return k->base ? k->dense[ch] + (g - k->base) : (float *)g;
 }
 
-/* y = x W + b backward: dinp over all rows (+=, skipped if NULL); dW and db
- * (+=, db skipped if NULL) per chunk. */
-void nm_dense_backward_chunked(const nm_grad_chunks *k, float *dinp, const float *gW, const float *gb,
+/* y = x W + b backward: dinp over all rows, per sequence of T rows (+=,
+ * skipped if NULL); dW and db (+=, db skipped if NULL) per chunk. */
+void nm_dense_backward_chunked(const nm_grad_chunks *k, int T, float *dinp, const float *gW, const float *gb,
                                const float *dout, const float *inp, const float *W, int Din, int Dout);
 /* LayerNorm backward: dinp over all rows (+=), ds and db per chunk. */
 void nm_layernorm_backward_chunked(const nm_grad_chunks *k, float *dinp, const float *gs, const float *gb,

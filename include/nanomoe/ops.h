@@ -20,11 +20,16 @@ void nm_layernorm_forward(float *out, float *mean, float *rstd, const float *inp
 void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout, const float *inp, const float *s,
                            const float *mean, const float *rstd, int N, int C);
 
-/* out[N, Dout] = inp[N, Din] @ W[Din, Dout] + b[Dout] (b may be NULL). */
-void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int N, int Din, int Dout);
-/* dinp[N, Din] += dout @ W^T (skipped if dinp NULL); dW[Din, Dout] += inp^T @ dout (skipped if NULL); db[Dout] += column sums (skipped if NULL). */
-void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp, const float *W, int N,
-                       int Din, int Dout);
+/* out[N, Dout] = inp[N, Din] @ W[Din, Dout] + b[Dout] (b may be NULL), for
+ * N = B * T rows that are B sequences of T tokens: each sequence is computed
+ * by products of the same shape, so a row's result does not depend on B (nor
+ * on the rank or thread count); see nm_gemm_seq. */
+void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int B, int T, int Din, int Dout);
+/* dinp[N, Din] += dout @ W^T per sequence as in forward (skipped if dinp NULL);
+ * dW[Din, Dout] += inp^T @ dout over all N rows (skipped if NULL); db[Dout] +=
+ * column sums (skipped if NULL). */
+void nm_dense_backward(float *dinp, float *dW, float *db, const float *dout, const float *inp, const float *W, int B,
+                       int T, int Din, int Dout);
 /* db[Dout] += column sums of dout[N, Dout], in row order. */
 void nm_colsum_add(float *db, const float *dout, int N, int Dout);
 /* Sizes the helper of nm_colsum_add for up to `rows` rows now, so that later

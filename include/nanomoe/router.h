@@ -21,9 +21,10 @@ double nm_router_aux(const double *psum, const double *top1, double ntok, int E,
 
 /* Backward through gates (dgates[N, K] = dL/dgates) and the full softmax
  * (dL/dprobs[n, e] = dprob[e], from the aux loss, already scaled by its
- * coefficient): dWr[C, E] += (skipped if NULL), dm[N, C] +=. dlogits[N, E] receives d loss / d logits. */
+ * coefficient): dWr[C, E] += (skipped if NULL), dm[N, C] +=. dlogits[N, E]
+ * receives d loss / d logits. Rows are sequences of seq_len tokens, as in forward. */
 void nm_router_backward(float *dm, float *dWr, float *dlogits, const float *m, const float *Wr, const float *probs,
                         const int32_t *topi, const float *gates, const float *dgates, const double *dprob, int N,
-                        int C, int E, int K);
+                        int C, int E, int K, int seq_len);
 
 #endif

@@ -47,12 +47,14 @@ nm_losses nm_evaluate(nm_trainer *t);
 
 /* Deterministic loss over the whole split: windows at 0, T, 2T, ... while
  * start + T + 1 <= len; ce is the mean over all targets, aux the mean over
- * windows of each window's own aux. m's activation capacity sets how many
- * windows go through at once. */
+ * windows of each window's own aux. The windows go through in rounds of
+ * `batch` consecutive windows shared out over the ranks (m's activations
+ * must hold ceil(batch / ranks) of them; a larger batch is cut down). The
+ * result is the same on 1, 2 or 4 ranks with one copy of each expert. */
 typedef struct nm_split_eval {
     double ce, aux, loss;
     long windows, tokens;
 } nm_split_eval;
-nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len);
+nm_split_eval nm_evaluate_split(nm_model *m, const int32_t *tokens, size_t len, int batch);
 
 #endif

@@ -21,7 +21,9 @@ static void help(void) {
            "options:\n"
            "  --data PATH   text file (default: the checkpoint's config key 'data'); every character\n"
            "                must be in the checkpoint's vocabulary\n"
-           "  --batch N     windows per forward pass (default 32; does not change the result)\n"
+           "  --batch N     windows per forward pass, shared out over the ranks (default 32); the\n"
+           "                result depends on it only at float rounding, and not on the rank count\n"
+           "                wherever each expert has one copy\n"
            "  -h, --help    this help\n");
 }
 
@@ -46,7 +48,11 @@ int cmd_eval(int argc, char **argv) {
     nm_model m;
     nm_vocab vocab;
     nm_ckpt_meta meta;
-    if (cli_load_model(path, MPI_COMM_WORLD, (int)batch, 0, &m, &vocab, &meta, &err) != 0) return cli_error(&err);
+    int P;
+    MPI_Comm_size(MPI_COMM_WORLD, &P);
+    /* each rank holds its slice of a round of `batch` windows */
+    if (cli_load_model(path, MPI_COMM_WORLD, (int)((batch + P - 1) / P), 0, &m, &vocab, &meta, &err) != 0)
+        return cli_error(&err);
     nm_dataset data;
     if (!data_path) data_path = m.cfg.data;
     int loaded = nm_dataset_load(&data, data_path, &vocab, &err) == 0;
@@ -63,7 +69,7 @@ int cmd_eval(int argc, char **argv) {
         return cli_errorf("data '%s': validation split has %zu tokens, fewer than block_size + 1 = %d", data_path, nval,
                           T + 1);
     }
-    nm_split_eval r = nm_evaluate_split(&m, data.tokens + data.n_train, nval);
+    nm_split_eval r = nm_evaluate_split(&m, data.tokens + data.n_train, nval, (int)batch);
     nm_log0("ce %.8f aux %.8f loss %.8f windows %ld tokens %ld\n", r.ce, r.aux, r.loss, r.windows, r.tokens);
     nm_model_free(&m);
     nm_dataset_free(&data);
