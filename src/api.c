@@ -95,7 +95,7 @@ int nm_model_save(const nm_model *m, const char *path, const nm_vocab *vocab, in
     NEED(vocab->size == m->cfg.vocab_size, "nm_model_save: the vocabulary has %d characters, the model %d", vocab->size,
          m->cfg.vocab_size);
     NEED(step >= 0, "nm_model_save: step=%lld (expected >= 0)", (long long)step);
-    return nm_ckpt_save(path, m, NULL, vocab, step, 0, err);
+    return nm_ckpt_save(path, m, NULL, vocab, step, 0, NULL, err);
 }
 
 void nm_model_delete(nm_model *m) {
@@ -202,6 +202,7 @@ int nm_trainer_new(nm_trainer **out, const nm_config *cfg, nm_error *err) {
         free(t);
         return -1;
     }
+    nm_run_id_new(t->run_id, sizeof t->run_id);
     *out = t;
     return 0;
 }
@@ -246,7 +247,7 @@ int nm_trainer_save(nm_trainer *t, const char *path, const nm_vocab *vocab, nm_e
     NEED(t && path && vocab, "nm_trainer_save: trainer, path and vocab must not be NULL");
     NEED(vocab->size == t->cfg.vocab_size, "nm_trainer_save: the vocabulary has %d characters, the model %d",
          vocab->size, t->cfg.vocab_size);
-    return nm_ckpt_save(path, &t->model, &t->opt, vocab, t->step, t->tokens_seen, err);
+    return nm_ckpt_save(path, &t->model, &t->opt, vocab, t->step, t->tokens_seen, t->run_id, err);
 }
 
 nm_model *nm_trainer_get_model(nm_trainer *t) { return t ? &t->model : NULL; }

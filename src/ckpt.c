@@ -1,6 +1,9 @@
-/* Schema-v1 checkpoints with parallel HDF5: every rank makes the same
- * collective calls; dense tensors are written by rank 0, expert tensors by
- * the rank that owns each expert hyperslab. */
+/* Schema-v1 checkpoints. Written with parallel HDF5: every rank makes the
+ * same collective calls; dense tensors are written by rank 0, expert tensors
+ * by the rank that owns each expert hyperslab. Read by every rank on its own
+ * (serial driver, no collective HDF5 call), then the outcome and what was
+ * read are agreed with rank 0, so a file that one node sees differently is
+ * an error naming that node instead of a hang or a silent divergence. */
 #include "nanomoe/ckpt.h"
 
 #include <errno.h>
@@ -13,51 +16,15 @@
 #include <string.h>
 #include <unistd.h>
 
-/* HDF5 prints its own error stack by default; we report our own messages. */
-static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
-
-static hid_t fapl_mpio(MPI_Comm comm) {
-    hid_t fapl = NM_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS));
-    NM_H5_CHECK(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
-    return fapl;
-}
+#include "nanomoe/agree.h"
+#include "nanomoe/h5util.h"
 
 /* ---------- writing ---------- */
 
-static void attr_i64(hid_t obj, const char *name, int64_t v) {
-    hid_t sp = NM_H5_CHECK(H5Screate(H5S_SCALAR));
-    hid_t a = NM_H5_CHECK(H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-    NM_H5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, &v));
-    NM_H5_CHECK(H5Aclose(a));
-    NM_H5_CHECK(H5Sclose(sp));
-}
-
-static void attr_f64(hid_t obj, const char *name, double v) {
-    hid_t sp = NM_H5_CHECK(H5Screate(H5S_SCALAR));
-    hid_t a = NM_H5_CHECK(H5Acreate2(obj, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-    NM_H5_CHECK(H5Awrite(a, H5T_NATIVE_DOUBLE, &v));
-    NM_H5_CHECK(H5Aclose(a));
-    NM_H5_CHECK(H5Sclose(sp));
-}
-
-static void attr_str(hid_t obj, const char *name, const char *v) {
-    hid_t t = NM_H5_CHECK(H5Tcopy(H5T_C_S1));
-    NM_H5_CHECK(H5Tset_size(t, H5T_VARIABLE));
-    NM_H5_CHECK(H5Tset_cset(t, H5T_CSET_UTF8));
-    hid_t sp = NM_H5_CHECK(H5Screate(H5S_SCALAR));
-    hid_t a = NM_H5_CHECK(H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT));
-    NM_H5_CHECK(H5Awrite(a, t, &v));
-    NM_H5_CHECK(H5Aclose(a));
-    NM_H5_CHECK(H5Sclose(sp));
-    NM_H5_CHECK(H5Tclose(t));
-}
-
 /* Writes one tensor of a block: dense by rank 0 only, experts by their owner. */
-static void write_tensor(hid_t file, hid_t lcpl, hid_t dxpl, const char *path, const nm_param_info *p,
+static void write_tensor(nm_h5_try *t, hid_t file, hid_t lcpl, hid_t dxpl, const char *path, const nm_param_info *p,
                          const float *data, const nm_model *m) {
     hsize_t dims[3] = {(hsize_t)p->shape[0], (hsize_t)p->shape[1], (hsize_t)p->shape[2]};
-    hid_t fs = NM_H5_CHECK(H5Screate_simple(p->ndim, dims, NULL));
-    hid_t ds = NM_H5_CHECK(H5Dcreate2(file, path, H5T_IEEE_F32LE, fs, lcpl, H5P_DEFAULT, H5P_DEFAULT));
     hsize_t count[3] = {dims[0], dims[1], dims[2]}, start[3] = {0, 0, 0};
     int writes;
     if (p->block == NM_BLOCK_EXPERT) {
@@ -67,104 +34,116 @@ static void write_tensor(hid_t file, hid_t lcpl, hid_t dxpl, const char *path, c
     } else {
         writes = m->rank == 0;
     }
-    hid_t ms = NM_H5_CHECK(H5Screate_simple(p->ndim, count, NULL));
+    hid_t fs = NM_H5_TRY(t, H5Screate_simple(p->ndim, dims, NULL));
+    hid_t ds = NM_H5_TRY(t, H5Dcreate2(file, path, H5T_IEEE_F32LE, fs, lcpl, H5P_DEFAULT, H5P_DEFAULT));
+    hid_t ms = NM_H5_TRY(t, H5Screate_simple(p->ndim, count, NULL));
     if (writes) {
-        NM_H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
+        NM_H5_TRY(t, H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
     } else {
-        NM_H5_CHECK(H5Sselect_none(fs));
-        NM_H5_CHECK(H5Sselect_none(ms));
+        NM_H5_TRY(t, H5Sselect_none(fs));
+        NM_H5_TRY(t, H5Sselect_none(ms));
     }
-    NM_H5_CHECK(H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data));
-    NM_H5_CHECK(H5Sclose(ms));
-    NM_H5_CHECK(H5Dclose(ds));
-    NM_H5_CHECK(H5Sclose(fs));
+    NM_H5_TRY(t, H5Dwrite(ds, H5T_NATIVE_FLOAT, ms, fs, dxpl, data));
+    if (ms >= 0) H5Sclose(ms);
+    if (ds >= 0) H5Dclose(ds);
+    if (fs >= 0) H5Sclose(fs);
 }
 
-static void write_tree(hid_t file, hid_t lcpl, hid_t dxpl, const char *group, const nm_model *m, float *const blocks[2]) {
+static void write_tree(nm_h5_try *t, hid_t file, hid_t lcpl, hid_t dxpl, const char *group, const nm_model *m,
+                       float *const blocks[2]) {
     char path[256];
-    for (int i = 0; i < m->layout.n; i++) {
+    for (int i = 0; i < m->layout.n && !t->failed; i++) {
         const nm_param_info *p = &m->layout.info[i];
         snprintf(path, sizeof path, "%s/%s", group, p->name);
-        write_tensor(file, lcpl, dxpl, path, p, blocks[p->block] + p->offset, m);
+        write_tensor(t, file, lcpl, dxpl, path, p, blocks[p->block] + p->offset, m);
     }
 }
 
-/* All ranks agree on a status (any failure fails everyone). */
-static int agree(MPI_Comm comm, int ok) {
-    int all = 0;
-    NM_MPI_CHECK(MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, comm));
-    return all;
-}
+/* Everything but the rename: the whole file written as tmp. */
+static void write_file(nm_h5_try *t, const char *tmp, const nm_model *m, const nm_adamw *opt, const nm_vocab *vocab,
+                       int64_t step, int64_t tokens_seen, const char *run_id) {
+    hid_t fapl = NM_H5_TRY(t, H5Pcreate(H5P_FILE_ACCESS));
+    NM_H5_TRY(t, H5Pset_fapl_mpio(fapl, m->comm, MPI_INFO_NULL));
+    hid_t file = NM_H5_TRY(t, H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+    hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
+    NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t dxpl = NM_H5_TRY(t, H5Pcreate(H5P_DATASET_XFER));
+    NM_H5_TRY(t, H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
 
-int nm_ckpt_save(const char *path, const nm_model *m, const nm_adamw *opt, const nm_vocab *vocab, int64_t step,
-                 int64_t tokens_seen, nm_error *err) {
-    h5_quiet();
-    char tmp[NM_PATH_MAX + 8];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return nm_fail(err, "checkpoint path '%s' is too long", path);
-    hid_t fapl = fapl_mpio(m->comm);
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    NM_H5_CHECK(H5Pclose(fapl));
-    if (!agree(m->comm, file >= 0)) {
-        if (file >= 0) H5Fclose(file);
-        return nm_fail(err, "cannot create checkpoint '%s' (is the directory there and writable?)", tmp);
-    }
-    hid_t lcpl = NM_H5_CHECK(H5Pcreate(H5P_LINK_CREATE));
-    NM_H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
-    hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
-    NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    nm_h5_attr_write_str(t, file, "format", NM_CKPT_FORMAT);
+    nm_h5_attr_write_i64(t, file, "format_version", NM_CKPT_VERSION);
+    nm_h5_attr_write_i64(t, file, "step", step);
+    nm_h5_attr_write_i64(t, file, "tokens_seen", tokens_seen);
+    if (run_id && run_id[0]) nm_h5_attr_write_str(t, file, "run_id", run_id);
 
-    attr_str(file, "format", NM_CKPT_FORMAT);
-    attr_i64(file, "format_version", NM_CKPT_VERSION);
-    attr_i64(file, "step", step);
-    attr_i64(file, "tokens_seen", tokens_seen);
-
-    hid_t g = NM_H5_CHECK(H5Gcreate2(file, "config", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    hid_t g = NM_H5_TRY(t, H5Gcreate2(file, "config", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     for (int i = 0; i < nm_config_nkeys(); i++) {
         const nm_config_key *k = nm_config_key_at(i);
         const char *p = (const char *)&m->cfg + k->offset;
-        if (k->type == NM_KEY_INT) attr_i64(g, k->name, *(const int *)p);
-        else if (k->type == NM_KEY_FLOAT) attr_f64(g, k->name, *(const double *)p);
-        else attr_str(g, k->name, p);
+        if (k->type == NM_KEY_INT) nm_h5_attr_write_i64(t, g, k->name, *(const int *)p);
+        else if (k->type == NM_KEY_FLOAT) nm_h5_attr_write_f64(t, g, k->name, *(const double *)p);
+        else nm_h5_attr_write_str(t, g, k->name, p);
     }
-    NM_H5_CHECK(H5Gclose(g));
+    if (g >= 0) H5Gclose(g);
 
     hsize_t vdim = (hsize_t)vocab->size;
-    hid_t vs = NM_H5_CHECK(H5Screate_simple(1, &vdim, NULL));
-    hid_t vd = NM_H5_CHECK(H5Dcreate2(file, "vocab", H5T_STD_U8LE, vs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if (m->rank != 0) NM_H5_CHECK(H5Sselect_none(vs));
-    NM_H5_CHECK(H5Dwrite(vd, H5T_NATIVE_UCHAR, vs, vs, dxpl, vocab->bytes));
-    NM_H5_CHECK(H5Dclose(vd));
-    NM_H5_CHECK(H5Sclose(vs));
+    hid_t vs = NM_H5_TRY(t, H5Screate_simple(1, &vdim, NULL));
+    hid_t vd = NM_H5_TRY(t, H5Dcreate2(file, "vocab", H5T_STD_U8LE, vs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    if (m->rank != 0) NM_H5_TRY(t, H5Sselect_none(vs));
+    NM_H5_TRY(t, H5Dwrite(vd, H5T_NATIVE_UCHAR, vs, vs, dxpl, vocab->bytes));
+    if (vd >= 0) H5Dclose(vd);
+    if (vs >= 0) H5Sclose(vs);
 
-    write_tree(file, lcpl, dxpl, "params", m, m->params);
+    write_tree(t, file, lcpl, dxpl, "params", m, m->params);
     if (opt) {
-        write_tree(file, lcpl, dxpl, "optimizer/m", m, opt->m);
-        write_tree(file, lcpl, dxpl, "optimizer/v", m, opt->v);
-        hid_t og = NM_H5_CHECK(H5Gopen2(file, "optimizer", H5P_DEFAULT));
-        attr_i64(og, "step", opt->step);
-        NM_H5_CHECK(H5Gclose(og));
+        write_tree(t, file, lcpl, dxpl, "optimizer/m", m, opt->m);
+        write_tree(t, file, lcpl, dxpl, "optimizer/v", m, opt->v);
+        hid_t og = NM_H5_TRY(t, H5Gopen2(file, "optimizer", H5P_DEFAULT));
+        nm_h5_attr_write_i64(t, og, "step", opt->step);
+        if (og >= 0) H5Gclose(og);
     }
-    NM_H5_CHECK(H5Pclose(dxpl));
-    NM_H5_CHECK(H5Pclose(lcpl));
-    NM_H5_CHECK(H5Fflush(file, H5F_SCOPE_GLOBAL));
-    NM_H5_CHECK(H5Fclose(file));
+    NM_H5_TRY(t, H5Fflush(file, H5F_SCOPE_GLOBAL));
+    if (dxpl >= 0) H5Pclose(dxpl);
+    if (lcpl >= 0) H5Pclose(lcpl);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (file >= 0) { /* the last data reach the disk here */
+        if (t->failed) H5Fclose(file);
+        else NM_H5_TRY(t, H5Fclose(file));
+    }
+}
+
+int nm_ckpt_save(const char *path, const nm_model *m, const nm_adamw *opt, const nm_vocab *vocab, int64_t step,
+                 int64_t tokens_seen, const char *run_id, nm_error *err) {
+    nm_h5_quiet();
+    char tmp[NM_PATH_MAX + 8], dir[NM_PATH_MAX + 8];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return nm_fail(err, "checkpoint path '%s' is too long", path);
+    /* every rank must see a writable directory before the collective create:
+     * a create that fails on some ranks only cannot be undone collectively */
+    snprintf(dir, sizeof dir, "%s", path);
+    const char *d = dirname(dir);
+    int ok = access(d, W_OK | X_OK) == 0;
+    if (!ok) nm_fail(err, "cannot create checkpoint '%s': directory '%s': %s", tmp, d, strerror(errno));
+    if (!nm_agree(m->comm, ok, err)) return -1;
+    nm_h5_try t = {.nranks = m->nranks};
+    write_file(&t, tmp, m, opt, vocab, step, tokens_seen, run_id);
+    if (t.failed) { /* one process only: several ranks abort inside NM_H5_TRY */
+        unlink(tmp);
+        return nm_fail(err, "cannot write checkpoint '%s': %s (the previous checkpoints are untouched)", tmp, t.msg);
+    }
     NM_MPI_CHECK(MPI_Barrier(m->comm));
 
     /* test hook: die between the complete temporary file and the rename */
     const char *fault = getenv("NANOMOE_FAULT");
     if (fault && strcmp(fault, "kill-before-rename") == 0 && m->rank == 0) raise(SIGKILL);
     /* publish atomically: rename within the directory, then sync the directory */
-    int ok = 1;
     char why[256] = "";
     if (m->rank == 0) {
         if (rename(tmp, path) != 0) {
             ok = 0;
             snprintf(why, sizeof why, "%s", strerror(errno));
         } else {
-            char dir[NM_PATH_MAX + 8];
-            snprintf(dir, sizeof dir, "%s", path);
-            int fd = open(dirname(dir), O_RDONLY);
+            int fd = open(d, O_RDONLY);
             if (fd >= 0) {
                 fsync(fd);
                 close(fd);
@@ -178,72 +157,6 @@ int nm_ckpt_save(const char *path, const nm_model *m, const nm_adamw *opt, const
 }
 
 /* ---------- reading ---------- */
-
-static int open_checked(const char *path, MPI_Comm comm, hid_t *file, nm_error *err) {
-    h5_quiet();
-    FILE *f = fopen(path, "rb");
-    if (!f) return nm_fail(err, "cannot read checkpoint '%s': %s", path, strerror(errno));
-    fclose(f);
-    if (H5Fis_hdf5(path) <= 0) return nm_fail(err, "checkpoint '%s' is not an HDF5 file", path);
-    hid_t fapl = fapl_mpio(comm);
-    *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-    NM_H5_CHECK(H5Pclose(fapl));
-    if (!agree(comm, *file >= 0)) {
-        if (*file >= 0) H5Fclose(*file);
-        return nm_fail(err, "cannot open checkpoint '%s': the HDF5 file is truncated or corrupt", path);
-    }
-    return 0;
-}
-
-int nm_h5_attr_string(int64_t obj, const char *name, char *buf, size_t n) {
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) return -1;
-    hid_t t = H5Aget_type(a);
-    int rc = -1;
-    if (t >= 0 && H5Tget_class(t) == H5T_STRING) {
-        if (H5Tis_variable_str(t) > 0) {
-            char *s = NULL;
-            hid_t mt = H5Tcopy(H5T_C_S1);
-            H5Tset_size(mt, H5T_VARIABLE);
-            H5Tset_cset(mt, H5Tget_cset(t));
-            if (H5Aread(a, mt, &s) >= 0 && s) {
-                snprintf(buf, n, "%s", s);
-                H5free_memory(s);
-                rc = 0;
-            }
-            H5Tclose(mt);
-        } else {
-            size_t sz = H5Tget_size(t);
-            char *s = calloc(sz + 1, 1);
-            hid_t mt = H5Tcopy(H5T_C_S1);
-            H5Tset_size(mt, sz + 1);
-            if (s && H5Aread(a, mt, s) >= 0) {
-                snprintf(buf, n, "%s", s);
-                rc = 0;
-            }
-            free(s);
-            H5Tclose(mt);
-        }
-    }
-    if (t >= 0) H5Tclose(t);
-    H5Aclose(a);
-    return rc;
-}
-
-/* Reads a scalar numeric attribute as double; -1 if absent or not a number. */
-static int read_attr_num(hid_t obj, const char *name, double *v) {
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0) return -1;
-    hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
-    int rc = -1;
-    H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
-    if ((cls == H5T_INTEGER || cls == H5T_FLOAT) && H5Sget_simple_extent_npoints(sp) == 1)
-        rc = H5Aread(a, H5T_NATIVE_DOUBLE, v) >= 0 ? 0 : -1;
-    if (sp >= 0) H5Sclose(sp);
-    if (t >= 0) H5Tclose(t);
-    H5Aclose(a);
-    return rc;
-}
 
 typedef struct {
     nm_config *cfg;
@@ -273,7 +186,7 @@ static herr_t visit_config_attr(hid_t loc, const char *name, const H5A_info_t *i
         return 0;
     }
     double v;
-    if (read_attr_num(loc, name, &v) != 0) {
+    if (nm_h5_attr_number(loc, name, &v) != 0) {
         nm_fail(cv->err, "checkpoint '%s': /config attribute '%s' is not a number", cv->path, name);
         cv->failed = 1;
         return 1;
@@ -295,14 +208,14 @@ static herr_t visit_config_attr(hid_t loc, const char *name, const H5A_info_t *i
 
 static const char *REQUIRED[] = {"d_model", "n_layers", "n_heads", "d_ff", "n_experts", "top_k", "block_size", "vocab_size"};
 
-int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_vocab *vocab, nm_ckpt_meta *meta,
-                        nm_error *err) {
-    hid_t file;
-    if (open_checked(path, comm, &file, err) != 0) return -1;
+/* The header as this rank reads it. */
+static int read_header_local(const char *path, nm_config *cfg, nm_vocab *vocab, nm_ckpt_meta *meta, nm_error *err) {
+    memset(meta, 0, sizeof *meta);
+    hid_t file = nm_h5_open_read(path, "checkpoint", err);
+    if (file < 0) return -1;
     int rc = -1;
     char fmt[128];
     double v;
-    memset(meta, 0, sizeof *meta);
     if (nm_h5_attr_string(file, "format", fmt, sizeof fmt) != 0) {
         nm_fail(err, "checkpoint '%s': no 'format' attribute on / (not a nanomoe checkpoint)", path);
         goto done;
@@ -311,7 +224,7 @@ int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_voca
         nm_fail(err, "checkpoint '%s': format attribute is '%s', expected '%s'", path, fmt, NM_CKPT_FORMAT);
         goto done;
     }
-    if (read_attr_num(file, "format_version", &v) != 0) {
+    if (nm_h5_attr_number(file, "format_version", &v) != 0) {
         nm_fail(err, "checkpoint '%s': no 'format_version' attribute on /", path);
         goto done;
     }
@@ -320,8 +233,9 @@ int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_voca
                 NM_CKPT_VERSION);
         goto done;
     }
-    meta->step = read_attr_num(file, "step", &v) == 0 ? (int64_t)v : 0;
-    meta->tokens_seen = read_attr_num(file, "tokens_seen", &v) == 0 ? (int64_t)v : 0;
+    meta->step = nm_h5_attr_number(file, "step", &v) == 0 ? (int64_t)v : 0;
+    meta->tokens_seen = nm_h5_attr_number(file, "tokens_seen", &v) == 0 ? (int64_t)v : 0;
+    if (nm_h5_attr_string(file, "run_id", meta->run_id, sizeof meta->run_id) != 0) meta->run_id[0] = '\0';
 
     nm_config_defaults(cfg);
     if (H5Lexists(file, "config", H5P_DEFAULT) <= 0) {
@@ -369,13 +283,42 @@ int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_voca
     if (H5Lexists(file, "optimizer", H5P_DEFAULT) > 0) {
         meta->has_optimizer = 1;
         hid_t og = H5Gopen2(file, "optimizer", H5P_DEFAULT);
-        meta->optimizer_step = read_attr_num(og, "step", &v) == 0 ? (int64_t)v : meta->step;
+        meta->optimizer_step = nm_h5_attr_number(og, "step", &v) == 0 ? (int64_t)v : meta->step;
         H5Gclose(og);
     }
     rc = 0;
 done:
     H5Fclose(file);
     return rc;
+}
+
+/* What a rank read of a checkpoint's header, as lines to compare with rank 0's. */
+static void header_identity(const nm_config *cfg, const nm_vocab *vocab, const nm_ckpt_meta *meta, char *out,
+                            size_t cap) {
+    size_t o = (size_t)snprintf(out, cap, "step=%lld\ntokens_seen=%lld\nrun_id=%s\noptimizer_step=%lld\n",
+                                (long long)meta->step, (long long)meta->tokens_seen, meta->run_id,
+                                (long long)(meta->has_optimizer ? meta->optimizer_step : -1));
+    for (int i = 0; i < nm_config_nkeys() && o < cap; i++) {
+        char v[NM_PATH_MAX];
+        nm_config_format(cfg, nm_config_key_at(i), v, sizeof v);
+        o += (size_t)snprintf(out + o, cap - o, "%s=%s\n", nm_config_key_at(i)->name, v);
+    }
+    if (o < cap)
+        snprintf(out + o, cap - o, "vocab=%016llx\n",
+                 (unsigned long long)nm_hash64(vocab->bytes, (size_t)vocab->size, 0));
+}
+
+int nm_ckpt_read_header(const char *path, MPI_Comm comm, nm_config *cfg, nm_vocab *vocab, nm_ckpt_meta *meta,
+                        nm_error *err) {
+    int ok = read_header_local(path, cfg, vocab, meta, err) == 0;
+    char *id = nm_malloc(64 * 1024);
+    id[0] = '\0';
+    if (ok) header_identity(cfg, vocab, meta, id, 64 * 1024);
+    char what[NM_PATH_MAX + 64];
+    snprintf(what, sizeof what, "checkpoint '%s' as read here", path);
+    int all_failed = 0, agreed = nm_agree_same_ex(comm, ok, what, id, err, &all_failed);
+    free(id);
+    return agreed ? 0 : all_failed ? -2 : -1;
 }
 
 static void shape_text(char *buf, size_t n, int ndim, const hsize_t *d) {
@@ -451,17 +394,25 @@ static int read_tree_open(hid_t file, const char *path, const char *group, const
 
 int nm_ckpt_read_tree(const char *path, MPI_Comm comm, const char *group, const nm_param_layout *l, float *dense,
                       float *expert, nm_error *err) {
-    hid_t file;
-    if (open_checked(path, comm, &file, err) != 0) return -1;
-    int rc = read_tree_open(file, path, group, l, dense, expert, -1, err);
-    H5Fclose(file);
-    return agree(comm, rc == 0) ? 0 : -1;
+    hid_t file = nm_h5_open_read(path, "checkpoint", err);
+    int rc = file < 0 ? -1 : read_tree_open(file, path, group, l, dense, expert, -1, err);
+    if (file >= 0) H5Fclose(file);
+    return nm_agree(comm, rc == 0, err) ? 0 : -1;
+}
+
+/* The dense block (and its moments) as this rank read them, to compare with rank 0's. */
+static void dense_identity(const nm_model *m, const nm_adamw *opt, char *out, size_t cap) {
+    size_t n = sizeof(float) * m->layout.n_dense;
+    snprintf(out, cap, "dense parameters=%016llx\nfirst moments=%016llx\nsecond moments=%016llx\n",
+             (unsigned long long)nm_hash64(m->params[0], n, 1),
+             (unsigned long long)(opt ? nm_hash64(opt->m[0], n, 2) : 0),
+             (unsigned long long)(opt ? nm_hash64(opt->v[0], n, 3) : 0));
 }
 
 int nm_ckpt_read_params(const char *path, nm_model *m, nm_adamw *opt, nm_error *err) {
-    hid_t file;
-    if (open_checked(path, m->comm, &file, err) != 0) return -1;
-    int rc = read_tree_open(file, path, "/params", &m->layout, m->params[0], m->params[1], m->cfg.n_layers, err);
+    hid_t file = nm_h5_open_read(path, "checkpoint", err);
+    int rc = file < 0 ? -1 : read_tree_open(file, path, "/params", &m->layout, m->params[0], m->params[1],
+                                            m->cfg.n_layers, err);
     if (rc == 0 && opt) {
         rc = read_tree_open(file, path, "/optimizer/m", &m->layout, opt->m[0], opt->m[1], m->cfg.n_layers, err);
         if (rc == 0)
@@ -469,10 +420,15 @@ int nm_ckpt_read_params(const char *path, nm_model *m, nm_adamw *opt, nm_error *
         double v;
         hid_t og = rc == 0 ? H5Gopen2(file, "optimizer", H5P_DEFAULT) : -1;
         if (og >= 0) {
-            opt->step = read_attr_num(og, "step", &v) == 0 ? (int64_t)v : 0;
+            opt->step = nm_h5_attr_number(og, "step", &v) == 0 ? (int64_t)v : 0;
             H5Gclose(og);
         }
     }
-    H5Fclose(file);
-    return agree(m->comm, rc == 0) ? 0 : -1;
+    if (file >= 0) H5Fclose(file);
+    /* the dense tensors every rank read must be rank 0's: a file replaced on one node would otherwise diverge silently */
+    char id[256] = "", what[NM_PATH_MAX + 64];
+    if (rc == 0) dense_identity(m, opt, id, sizeof id);
+    snprintf(what, sizeof what, "checkpoint '%s' as read here", path);
+    int all_failed = 0;
+    return nm_agree_same_ex(m->comm, rc == 0, what, id, err, &all_failed) ? 0 : all_failed ? -2 : -1;
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "nanomoe/agree.h"
 #include "nanomoe/rng.h"
 
 void nm_vocab_from_text(nm_vocab *v, const unsigned char *text, size_t n) {
@@ -90,6 +91,7 @@ int nm_dataset_load(nm_dataset *d, const char *path, const nm_vocab *vocab, nm_e
         nm_dataset_free(d);
         return nm_fail(err, "data: '%s': %s", path, e.msg);
     }
+    d->hash = nm_hash64(text, (size_t)n, 0);
     free(text);
     d->n_tokens = (size_t)n;
     d->n_train = (size_t)((double)n * 0.9); /* int(len * (1 - 0.1)), as the reference */

@@ -26,23 +26,6 @@ int nm_dist_ep_size(int P, int E, int requested, int *ep, nm_error *err) {
                    requested, P, E, ok);
 }
 
-int nm_dist_agree(MPI_Comm comm, int ok, nm_error *err) {
-    int size, rank;
-    MPI_Comm_size(comm, &size);
-    MPI_Comm_rank(comm, &rank);
-    if (size == 1) return ok;
-    int first = ok ? size : rank;
-    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, comm));
-    if (first == size) return 1;
-    NM_MPI_CHECK(MPI_Bcast(err->msg, sizeof err->msg, MPI_CHAR, first, comm));
-    if (first != 0) {
-        char msg[NM_ERRMSG_MAX + 32];
-        snprintf(msg, sizeof msg, "rank %d: %s", first, err->msg);
-        snprintf(err->msg, sizeof err->msg, "%.*s", (int)sizeof err->msg - 1, msg);
-    }
-    return 0;
-}
-
 void nm_dist_experts(int E, int ep, int g, int *begin, int *count) {
     *count = E / ep;
     *begin = g * *count;

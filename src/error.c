@@ -71,6 +71,17 @@ int64_t nm_h5_check(int64_t rc, const char *file, int line, const char *call) {
     nm_abort_at(file, line, "%s failed: %s", call, why);
 }
 
+int64_t nm_h5_try_at(nm_h5_try *t, int64_t rc, const char *file, int line, const char *call) {
+    if (rc >= 0) return rc;
+    if (t->nranks > 1) nm_h5_check(rc, file, line, call);
+    char why[256] = "no HDF5 error detail";
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, h5_walk, why);
+    const char *base = strrchr(file, '/');
+    snprintf(t->msg, sizeof t->msg, "%s failed: %s (%s:%d)", call, why, base ? base + 1 : file, line);
+    t->failed = 1;
+    return rc;
+}
+
 void *nm_malloc_at(size_t bytes, const char *file, int line) {
     void *p = malloc(bytes ? bytes : 1);
     if (!p) nm_abort_at(file, line, "out of memory allocating %zu bytes", bytes);

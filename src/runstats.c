@@ -1,9 +1,15 @@
 /* Per-run metrics and routing statistics in run.h5 (parallel HDF5). Every
  * rank makes the same collective calls; rank 0 writes each row's values, the
- * others select nothing. */
+ * others select nothing. HDF5 failures go through rs->h5 (NM_H5_TRY): an
+ * error returned on one process, an abort of every rank on several. */
 #include "nanomoe/runstats.h"
 
+#include <errno.h>
 #include <hdf5.h>
+#include <unistd.h>
+
+#include "nanomoe/agree.h"
+#include "nanomoe/h5util.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +21,8 @@ static const char *METRICS[] = {"loss", "ce", "aux", "lr", "tokens_per_s", "val_
 #define NMETRICS 6
 
 /* A dataset with an unlimited first dimension (and, if wide_unlimited, second). */
-static void create_rows(hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *tail, int wide_unlimited) {
+static void create_rows(nm_h5_try *t, hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *tail,
+                        int wide_unlimited) {
     hsize_t dims[3] = {0, 0, 0}, maxd[3] = {H5S_UNLIMITED, 0, 0}, chunk[3] = {ROWS_PER_CHUNK, 1, 1};
     for (int i = 1; i < ndim; i++) {
         dims[i] = tail[i - 1];
@@ -23,74 +30,65 @@ static void create_rows(hid_t loc, const char *name, hid_t type, int ndim, const
         chunk[i] = tail[i - 1] > 0 ? tail[i - 1] : 1;
     }
     if (ndim == 3) chunk[0] = 4; /* [rows, V, E] blocks are large */
-    hid_t sp = NM_H5_CHECK(H5Screate_simple(ndim, dims, maxd));
-    hid_t dcpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE));
-    NM_H5_CHECK(H5Pset_chunk(dcpl, ndim, chunk));
-    hid_t lcpl = NM_H5_CHECK(H5Pcreate(H5P_LINK_CREATE));
-    NM_H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
-    hid_t d = NM_H5_CHECK(H5Dcreate2(loc, name, type, sp, lcpl, dcpl, H5P_DEFAULT));
-    NM_H5_CHECK(H5Dclose(d));
-    NM_H5_CHECK(H5Pclose(lcpl));
-    NM_H5_CHECK(H5Pclose(dcpl));
-    NM_H5_CHECK(H5Sclose(sp));
+    hid_t sp = NM_H5_TRY(t, H5Screate_simple(ndim, dims, maxd));
+    hid_t dcpl = NM_H5_TRY(t, H5Pcreate(H5P_DATASET_CREATE));
+    NM_H5_TRY(t, H5Pset_chunk(dcpl, ndim, chunk));
+    hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
+    NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t d = NM_H5_TRY(t, H5Dcreate2(loc, name, type, sp, lcpl, dcpl, H5P_DEFAULT));
+    if (d >= 0) H5Dclose(d);
+    if (lcpl >= 0) H5Pclose(lcpl);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (sp >= 0) H5Sclose(sp);
 }
 
 /* One collective write of rank 0's selection (the other ranks select nothing);
  * closes the spaces and the dataset. */
-static void write_collective(hid_t d, hid_t memtype, hid_t ms, hid_t fs, const void *data, int root) {
+static void write_collective(nm_h5_try *t, hid_t d, hid_t memtype, hid_t ms, hid_t fs, const void *data, int root) {
     if (!root) {
-        NM_H5_CHECK(H5Sselect_none(fs));
-        NM_H5_CHECK(H5Sselect_none(ms));
+        NM_H5_TRY(t, H5Sselect_none(fs));
+        NM_H5_TRY(t, H5Sselect_none(ms));
     }
-    hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
-    NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-    NM_H5_CHECK(H5Dwrite(d, memtype, ms, fs, dxpl, data));
-    NM_H5_CHECK(H5Pclose(dxpl));
-    NM_H5_CHECK(H5Sclose(ms));
-    NM_H5_CHECK(H5Sclose(fs));
-    NM_H5_CHECK(H5Dclose(d));
+    hid_t dxpl = NM_H5_TRY(t, H5Pcreate(H5P_DATASET_XFER));
+    NM_H5_TRY(t, H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    NM_H5_TRY(t, H5Dwrite(d, memtype, ms, fs, dxpl, data));
+    if (dxpl >= 0) H5Pclose(dxpl);
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    if (d >= 0) H5Dclose(d);
 }
 
 /* Appends row number `row` (all ranks pass the same dims; rank 0's data is written). */
-static void append_row(hid_t file, const char *name, hid_t memtype, long row, int ndim, const hsize_t *tail,
-                       const void *data, int root) {
-    hid_t d = NM_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT));
-    hsize_t cur[3], want[3];
-    hid_t fs = NM_H5_CHECK(H5Dget_space(d));
-    NM_H5_CHECK(H5Sget_simple_extent_dims(fs, cur, NULL));
-    NM_H5_CHECK(H5Sclose(fs));
+static void append_row(nm_h5_try *t, hid_t file, const char *name, hid_t memtype, long row, int ndim,
+                       const hsize_t *tail, const void *data, int root) {
+    hid_t d = NM_H5_TRY(t, H5Dopen2(file, name, H5P_DEFAULT));
+    hsize_t cur[3] = {0, 0, 0}, want[3];
+    hid_t fs = NM_H5_TRY(t, H5Dget_space(d));
+    NM_H5_TRY(t, H5Sget_simple_extent_dims(fs, cur, NULL));
+    if (fs >= 0) H5Sclose(fs);
     want[0] = (hsize_t)row + 1;
     for (int i = 1; i < ndim; i++) want[i] = tail[i - 1] > cur[i] ? tail[i - 1] : cur[i];
-    NM_H5_CHECK(H5Dset_extent(d, want));
-    fs = NM_H5_CHECK(H5Dget_space(d));
+    NM_H5_TRY(t, H5Dset_extent(d, want));
+    fs = NM_H5_TRY(t, H5Dget_space(d));
     hsize_t start[3] = {(hsize_t)row, 0, 0}, count[3] = {1, 1, 1};
     for (int i = 1; i < ndim; i++) count[i] = tail[i - 1];
-    hid_t ms = NM_H5_CHECK(H5Screate_simple(ndim, count, NULL));
-    if (root) NM_H5_CHECK(H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
-    write_collective(d, memtype, ms, fs, data, root);
+    hid_t ms = NM_H5_TRY(t, H5Screate_simple(ndim, count, NULL));
+    if (root) NM_H5_TRY(t, H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL));
+    write_collective(t, d, memtype, ms, fs, data, root);
 }
 
 /* Cuts a row dataset back to `rows` rows. */
-static void truncate_rows(hid_t file, const char *name, long rows) {
-    hid_t d = NM_H5_CHECK(H5Dopen2(file, name, H5P_DEFAULT));
-    hid_t fs = NM_H5_CHECK(H5Dget_space(d));
-    hsize_t dims[3];
-    NM_H5_CHECK(H5Sget_simple_extent_dims(fs, dims, NULL));
-    NM_H5_CHECK(H5Sclose(fs));
+static void truncate_rows(nm_h5_try *t, hid_t file, const char *name, long rows) {
+    hid_t d = NM_H5_TRY(t, H5Dopen2(file, name, H5P_DEFAULT));
+    hid_t fs = NM_H5_TRY(t, H5Dget_space(d));
+    hsize_t dims[3] = {0, 0, 0};
+    NM_H5_TRY(t, H5Sget_simple_extent_dims(fs, dims, NULL));
+    if (fs >= 0) H5Sclose(fs);
     if (dims[0] > (hsize_t)rows) {
         dims[0] = (hsize_t)rows;
-        NM_H5_CHECK(H5Dset_extent(d, dims));
+        NM_H5_TRY(t, H5Dset_extent(d, dims));
     }
-    NM_H5_CHECK(H5Dclose(d));
-}
-
-static void attr_i64(hid_t obj, const char *name, int64_t v) {
-    if (H5Aexists(obj, name) > 0) NM_H5_CHECK(H5Adelete(obj, name));
-    hid_t sp = NM_H5_CHECK(H5Screate(H5S_SCALAR));
-    hid_t a = NM_H5_CHECK(H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT));
-    NM_H5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, &v));
-    NM_H5_CHECK(H5Aclose(a));
-    NM_H5_CHECK(H5Sclose(sp));
+    if (d >= 0) H5Dclose(d);
 }
 
 static void block_name(char *buf, size_t n, int l, const char *what) {
@@ -113,42 +111,27 @@ static const struct {
 };
 #define NBLOCK_ROWS (int)(sizeof BLOCK_ROWS / sizeof BLOCK_ROWS[0])
 
-static void create_file_layout(hid_t f, const nm_run_stats *rs, const nm_vocab *vocab, int stats_interval) {
-    hid_t t = NM_H5_CHECK(H5Tcopy(H5T_C_S1));
-    NM_H5_CHECK(H5Tset_size(t, H5T_VARIABLE));
-    NM_H5_CHECK(H5Tset_cset(t, H5T_CSET_UTF8));
-    hid_t sp = NM_H5_CHECK(H5Screate(H5S_SCALAR));
-    hid_t a = NM_H5_CHECK(H5Acreate2(f, "format", t, sp, H5P_DEFAULT, H5P_DEFAULT));
-    const char *fmt = NM_RUN_FORMAT;
-    NM_H5_CHECK(H5Awrite(a, t, &fmt));
-    NM_H5_CHECK(H5Aclose(a));
-    NM_H5_CHECK(H5Sclose(sp));
-    NM_H5_CHECK(H5Tclose(t));
-    attr_i64(f, "format_version", NM_RUN_VERSION);
-    attr_i64(f, "n_layers", rs->L);
-    attr_i64(f, "n_experts", rs->E);
-    attr_i64(f, "vocab_size", rs->V);
-    attr_i64(f, "stats_interval", stats_interval);
+static void create_file_layout(nm_h5_try *t, hid_t f, const nm_run_stats *rs, const nm_vocab *vocab,
+                               int stats_interval, const char *run_id, int root) {
+    nm_h5_attr_write_str(t, f, "format", NM_RUN_FORMAT);
+    nm_h5_attr_write_i64(t, f, "format_version", NM_RUN_VERSION);
+    if (run_id[0]) nm_h5_attr_write_str(t, f, "run_id", run_id);
+    nm_h5_attr_write_i64(t, f, "n_layers", rs->L);
+    nm_h5_attr_write_i64(t, f, "n_experts", rs->E);
+    nm_h5_attr_write_i64(t, f, "vocab_size", rs->V);
+    nm_h5_attr_write_i64(t, f, "stats_interval", stats_interval);
     hsize_t vd = (hsize_t)rs->V;
-    hid_t vs = NM_H5_CHECK(H5Screate_simple(1, &vd, NULL));
-    hid_t d = NM_H5_CHECK(H5Dcreate2(f, "vocab", H5T_STD_U8LE, vs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    hid_t dxpl = NM_H5_CHECK(H5Pcreate(H5P_DATASET_XFER));
-    NM_H5_CHECK(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
-    int rank;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (rank != 0) NM_H5_CHECK(H5Sselect_none(vs));
-    NM_H5_CHECK(H5Dwrite(d, H5T_NATIVE_UCHAR, vs, vs, dxpl, vocab->bytes));
-    NM_H5_CHECK(H5Pclose(dxpl));
-    NM_H5_CHECK(H5Dclose(d));
-    NM_H5_CHECK(H5Sclose(vs));
+    hid_t vs = NM_H5_TRY(t, H5Screate_simple(1, &vd, NULL));
+    hid_t d = NM_H5_TRY(t, H5Dcreate2(f, "vocab", H5T_STD_U8LE, vs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    write_collective(t, d, H5T_NATIVE_UCHAR, vs, NM_H5_TRY(t, H5Scopy(vs)), vocab->bytes, root);
     hsize_t none[2] = {0, 0}, E[1] = {(hsize_t)rs->E}, P[1] = {(hsize_t)rs->P}, VE[2] = {(hsize_t)rs->V, (hsize_t)rs->E};
     char nm[128];
-    create_rows(f, "/metrics/step", H5T_STD_I64LE, 1, none, 0);
+    create_rows(t, f, "/metrics/step", H5T_STD_I64LE, 1, none, 0);
     for (int i = 0; i < NMETRICS; i++) {
         snprintf(nm, sizeof nm, "/metrics/%s", METRICS[i]);
-        create_rows(f, nm, H5T_IEEE_F64LE, 1, none, 0);
+        create_rows(t, f, nm, H5T_IEEE_F64LE, 1, none, 0);
     }
-    create_rows(f, "/routing/step", H5T_STD_I64LE, 1, none, 0);
+    create_rows(t, f, "/routing/step", H5T_STD_I64LE, 1, none, 0);
     for (int l = 0; l < rs->L; l++) {
         for (int i = 0; i < NBLOCK_ROWS; i++) {
             int tail = BLOCK_ROWS[i].tail;
@@ -158,17 +141,17 @@ static void create_file_layout(hid_t f, const nm_run_stats *rs, const nm_vocab *
             const hsize_t *dims = tail == TAIL_E ? E : tail == TAIL_P ? P : tail == TAIL_VE ? VE : none;
             int ndim = tail == TAIL_NONE ? 1 : tail == TAIL_VE ? 3 : 2;
             block_name(nm, sizeof nm, l, BLOCK_ROWS[i].name);
-            create_rows(f, nm, type, ndim, dims, tail == TAIL_P);
+            create_rows(t, f, nm, type, ndim, dims, tail == TAIL_P);
         }
         /* cumulative first choices per vocabulary id: rewritten at every row */
         block_name(nm, sizeof nm, l, "token_expert");
-        hid_t s2 = NM_H5_CHECK(H5Screate_simple(2, VE, NULL));
-        hid_t lcpl = NM_H5_CHECK(H5Pcreate(H5P_LINK_CREATE));
-        NM_H5_CHECK(H5Pset_create_intermediate_group(lcpl, 1));
-        hid_t dd = NM_H5_CHECK(H5Dcreate2(f, nm, H5T_STD_I64LE, s2, lcpl, H5P_DEFAULT, H5P_DEFAULT));
-        NM_H5_CHECK(H5Dclose(dd));
-        NM_H5_CHECK(H5Pclose(lcpl));
-        NM_H5_CHECK(H5Sclose(s2));
+        hid_t s2 = NM_H5_TRY(t, H5Screate_simple(2, VE, NULL));
+        hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
+        NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
+        hid_t dd = NM_H5_TRY(t, H5Dcreate2(f, nm, H5T_STD_I64LE, s2, lcpl, H5P_DEFAULT, H5P_DEFAULT));
+        if (dd >= 0) H5Dclose(dd);
+        if (lcpl >= 0) H5Pclose(lcpl);
+        if (s2 >= 0) H5Sclose(s2);
     }
 }
 
@@ -192,42 +175,57 @@ static long dataset_rows(hid_t f, const char *name) {
     return (long)dims[0];
 }
 
-/* Opens an existing run.h5 to continue at resume_step: -1 if it does not fit
- * this model (then the caller moves it aside). */
-static int reopen(nm_run_stats *rs, const char *path, const nm_model *m, int64_t resume_step) {
-    hid_t fapl = NM_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS));
-    NM_H5_CHECK(H5Pset_fapl_mpio(fapl, m->comm, MPI_INFO_NULL));
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, fapl);
-    NM_H5_CHECK(H5Pclose(fapl));
+/* An existing run.h5 as one rank reads it (serial driver, read-only). */
+typedef struct file_state {
+    double L, E, V;
+    long rows, keep; /* rows in the file; rows up to the step resumed from */
+    char run_id[NM_RUN_ID_MAX];
+} file_state;
+
+static int read_state(const char *path, int64_t resume_step, file_state *st, nm_error *err) {
+    memset(st, 0, sizeof *st);
+    st->L = st->E = st->V = -1;
+    hid_t f = nm_h5_open_read(path, "run statistics file", err);
     if (f < 0) return -1;
-    int64_t L = -1, E = -1, V = -1;
-    hid_t a;
-    if ((a = H5Aopen(f, "n_layers", H5P_DEFAULT)) >= 0) H5Aread(a, H5T_NATIVE_INT64, &L), H5Aclose(a);
-    if ((a = H5Aopen(f, "n_experts", H5P_DEFAULT)) >= 0) H5Aread(a, H5T_NATIVE_INT64, &E), H5Aclose(a);
-    if ((a = H5Aopen(f, "vocab_size", H5P_DEFAULT)) >= 0) H5Aread(a, H5T_NATIVE_INT64, &V), H5Aclose(a);
-    long n = dataset_rows(f, "/routing/step");
-    if (L != rs->L || E != rs->E || V != rs->V || n < 0) {
-        H5Fclose(f);
-        return -1;
-    }
-    int64_t *steps = nm_malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
-    long keep = 0;
-    if (n > 0 && read_all(f, "/routing/step", H5T_NATIVE_INT64, steps) == 0)
-        while (keep < n && steps[keep] <= resume_step) keep++;
+    nm_h5_attr_number(f, "n_layers", &st->L);
+    nm_h5_attr_number(f, "n_experts", &st->E);
+    nm_h5_attr_number(f, "vocab_size", &st->V);
+    if (nm_h5_attr_string(f, "run_id", st->run_id, sizeof st->run_id) != 0) st->run_id[0] = '\0';
+    st->rows = dataset_rows(f, "/routing/step");
+    int64_t *steps = nm_malloc(sizeof(int64_t) * (size_t)(st->rows > 0 ? st->rows : 1));
+    int rc = 0;
+    if (st->rows < 0) rc = nm_fail(err, "run statistics file '%s' has no /routing/step (not a nanomoe run.h5?)", path);
+    else if (st->rows > 0 && read_all(f, "/routing/step", H5T_NATIVE_INT64, steps) != 0)
+        rc = nm_fail(err, "run statistics file '%s': cannot read /routing/step (truncated or corrupt?)", path);
+    else
+        while (st->keep < st->rows && steps[st->keep] <= resume_step) st->keep++;
     free(steps);
+    H5Fclose(f);
+    return rc;
+}
+
+/* Opens the existing file collectively and cuts it back to st->keep rows. */
+static void reopen(nm_run_stats *rs, const char *path, const nm_model *m, const file_state *st,
+                   const char *run_id) {
+    nm_h5_try *t = &rs->h5;
+    hid_t fapl = NM_H5_TRY(t, H5Pcreate(H5P_FILE_ACCESS));
+    NM_H5_TRY(t, H5Pset_fapl_mpio(fapl, m->comm, MPI_INFO_NULL));
+    hid_t f = NM_H5_TRY(t, H5Fopen(path, H5F_ACC_RDWR, fapl));
+    if (fapl >= 0) H5Pclose(fapl);
+    long keep = st->keep;
     char nm[128];
-    truncate_rows(f, "/metrics/step", keep);
+    truncate_rows(t, f, "/metrics/step", keep);
     for (int i = 0; i < NMETRICS; i++) {
         snprintf(nm, sizeof nm, "/metrics/%s", METRICS[i]);
-        truncate_rows(f, nm, keep);
+        truncate_rows(t, f, nm, keep);
     }
-    truncate_rows(f, "/routing/step", keep);
+    truncate_rows(t, f, "/routing/step", keep);
     size_t VE = (size_t)rs->V * rs->E;
     int32_t *rowbuf = nm_malloc(sizeof(int32_t) * VE * (size_t)(keep > 0 ? keep : 1));
-    for (int l = 0; l < rs->L; l++) {
+    for (int l = 0; l < rs->L && !t->failed; l++) {
         for (int i = 0; i < NBLOCK_ROWS; i++) {
             block_name(nm, sizeof nm, l, BLOCK_ROWS[i].name);
-            truncate_rows(f, nm, keep);
+            truncate_rows(t, f, nm, keep);
         }
         /* the cumulative counts are the sum of the rows that remain */
         int64_t *cum = rs->cumulative + (size_t)l * VE;
@@ -238,7 +236,29 @@ static int reopen(nm_run_stats *rs, const char *path, const nm_model *m, int64_t
                 for (size_t i = 0; i < VE; i++) cum[i] += rowbuf[(size_t)r * VE + i];
     }
     free(rowbuf);
+    if (run_id[0]) nm_h5_attr_write_str(t, f, "run_id", run_id); /* a run continued from a file without one */
     rs->rows = keep;
+    rs->file = f;
+}
+
+/* Creates a new file collectively; every rank must see a writable directory first. */
+static int create(nm_run_stats *rs, const char *path, const nm_model *m, const nm_vocab *vocab, int stats_interval,
+                  const char *run_id, nm_error *err) {
+    char dir[NM_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    else snprintf(dir, sizeof dir, ".");
+    int ok = access(dir, W_OK | X_OK) == 0;
+    if (!ok) nm_fail(err, "cannot create '%s': directory '%s' is not writable here", path, dir);
+    if (!nm_agree(m->comm, ok, err)) return -1;
+    nm_h5_try *t = &rs->h5;
+    hid_t fapl = NM_H5_TRY(t, H5Pcreate(H5P_FILE_ACCESS));
+    NM_H5_TRY(t, H5Pset_fapl_mpio(fapl, m->comm, MPI_INFO_NULL));
+    hid_t f = NM_H5_TRY(t, H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+    if (fapl >= 0) H5Pclose(fapl);
+    create_file_layout(t, f, rs, vocab, stats_interval, run_id, m->rank == 0);
+    NM_H5_TRY(t, H5Fflush(f, H5F_SCOPE_GLOBAL));
     rs->file = f;
     return 0;
 }
@@ -258,9 +278,11 @@ static void reset_interval(nm_run_stats *rs) {
 }
 
 int nm_run_stats_open(nm_run_stats *rs, const char *path, const nm_model *m, const nm_vocab *vocab,
-                      int stats_interval, int64_t resume_step, nm_error *err) {
+                      int stats_interval, int64_t resume_step, const char *run_id, const char *accept_id,
+                      nm_error *err) {
     memset(rs, 0, sizeof *rs);
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    nm_h5_quiet();
+    rs->h5.nranks = m->nranks;
     rs->L = m->cfg.n_layers;
     rs->E = m->cfg.n_experts;
     rs->V = m->cfg.vocab_size;
@@ -278,43 +300,60 @@ int nm_run_stats_open(nm_run_stats *rs, const char *path, const nm_model *m, con
     rs->sum_dropped = nm_calloc((size_t)rs->L, sizeof(double));
     reset_interval(rs);
     rs->file = -1;
-    FILE *probe = resume_step >= 0 ? fopen(path, "rb") : NULL;
-    int exists = probe != NULL;
-    if (probe) fclose(probe);
-    int ok = 1;
-    NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &exists, 1, MPI_INT, MPI_MIN, m->comm));
-    if (exists && reopen(rs, path, m, resume_step) != 0) {
-        /* a run.h5 of another shape (an upcycled model, say): keep it under another name */
-        char aside[NM_PATH_MAX + 32];
-        snprintf(aside, sizeof aside, "%s.before-step-%lld", path, (long long)resume_step);
-        if (m->rank == 0) {
-            if (rename(path, aside) == 0) nm_warn0("%s does not match this model; kept as %s", path, aside);
-            else ok = 0;
+    /* rank 0 decides whether there is a file to continue */
+    int exists = resume_step >= 0 && m->rank == 0 && access(path, F_OK) == 0;
+    NM_MPI_CHECK(MPI_Bcast(&exists, 1, MPI_INT, 0, m->comm));
+    if (exists) {
+        /* every rank reads its state on its own: it must be rank 0's */
+        file_state st;
+        int ok = read_state(path, resume_step, &st, err) == 0;
+        char state[512];
+        snprintf(state, sizeof state, "n_layers=%g\nn_experts=%g\nvocab_size=%g\nrows=%ld\nrun_id=%s\n", st.L, st.E,
+                 st.V, st.rows, st.run_id);
+        char what[NM_PATH_MAX + 32];
+        snprintf(what, sizeof what, "'%s' as read here", path);
+        if (!nm_agree_same(m->comm, ok, what, state, err)) {
+            nm_run_stats_close(rs);
+            return -1;
         }
-        NM_MPI_CHECK(MPI_Bcast(&ok, 1, MPI_INT, 0, m->comm));
-        if (!ok) return nm_fail(err, "cannot move the mismatched %s aside", path);
-        exists = 0;
+        const char *why = st.L != rs->L || st.E != rs->E || st.V != rs->V ? "does not match this model"
+                          : strcmp(st.run_id, accept_id) != 0            ? "belongs to another run"
+                                                                         : NULL;
+        if (why) { /* an upcycled model, or another run's file: keep it under another name */
+            char aside[NM_PATH_MAX + 32];
+            snprintf(aside, sizeof aside, "%s.before-step-%lld", path, (long long)resume_step);
+            ok = 1;
+            if (m->rank == 0) {
+                if (rename(path, aside) == 0) nm_warn0("%s %s; kept as %s", path, why, aside);
+                else ok = nm_fail(err, "%s %s, and it cannot be moved aside to %s: %s", path, why, aside, strerror(errno)) == 0;
+            }
+            if (!nm_agree(m->comm, ok, err)) {
+                nm_run_stats_close(rs);
+                return -1;
+            }
+            exists = 0;
+        } else {
+            reopen(rs, path, m, &st, run_id);
+        }
     }
-    if (!exists) {
-        hid_t fapl = NM_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS));
-        NM_H5_CHECK(H5Pset_fapl_mpio(fapl, m->comm, MPI_INFO_NULL));
-        hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-        NM_H5_CHECK(H5Pclose(fapl));
-        int created = f >= 0;
-        NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &created, 1, MPI_INT, MPI_LAND, m->comm));
-        if (!created) {
-            if (f >= 0) H5Fclose(f);
-            return nm_fail(err, "cannot create %s", path);
-        }
-        create_file_layout(f, rs, vocab, stats_interval);
-        NM_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL));
-        rs->file = f;
+    if (!exists && create(rs, path, m, vocab, stats_interval, run_id, err) != 0) {
+        nm_run_stats_close(rs);
+        return -1;
+    }
+    if (rs->h5.failed) {
+        nm_fail(err, "cannot write '%s': %s", path, rs->h5.msg);
+        nm_run_stats_close(rs);
+        return -1;
     }
     return 0;
 }
 
-void nm_run_stats_close(nm_run_stats *rs) {
-    if (rs->file >= 0) NM_H5_CHECK(H5Fclose(rs->file));
+int nm_run_stats_close(nm_run_stats *rs) {
+    int failed = rs->h5.failed;
+    if (rs->file >= 0) {
+        if (failed) H5Fclose(rs->file);
+        else failed = NM_H5_TRY(&rs->h5, H5Fclose(rs->file)) < 0;
+    }
     free(rs->count);
     free(rs->top1);
     free(rs->dropped);
@@ -327,6 +366,7 @@ void nm_run_stats_close(nm_run_stats *rs) {
     free(rs->sum_dropped);
     memset(rs, 0, sizeof *rs);
     rs->file = -1;
+    return failed ? -1 : 0;
 }
 
 void nm_run_stats_step(nm_run_stats *rs, const nm_model *m, const int32_t *x) {
@@ -358,19 +398,20 @@ void nm_run_stats_step(nm_run_stats *rs, const nm_model *m, const int32_t *x) {
 
 void nm_run_stats_eval(nm_run_stats *rs, double val_loss) { rs->val_loss = val_loss; }
 
-void nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, double lr, double tokens_per_s) {
+int nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, double lr, double tokens_per_s, nm_error *err) {
+    nm_h5_try *t = &rs->h5;
     int L = rs->L, E = rs->E, V = rs->V, P = m->nranks, root = m->rank == 0;
     hid_t f = rs->file;
     double n = rs->steps > 0 ? rs->steps : 1;
     double metrics[NMETRICS] = {rs->loss / n, rs->ce / n, rs->aux / n, lr, tokens_per_s, rs->val_loss};
     hsize_t none[1] = {0}, tE[1] = {(hsize_t)E}, tP[1] = {(hsize_t)P}, tVE[2] = {(hsize_t)V, (hsize_t)E};
     char nm[128];
-    append_row(f, "/metrics/step", H5T_NATIVE_INT64, rs->rows, 1, none, &step, root);
+    append_row(t, f, "/metrics/step", H5T_NATIVE_INT64, rs->rows, 1, none, &step, root);
     for (int i = 0; i < NMETRICS; i++) {
         snprintf(nm, sizeof nm, "/metrics/%s", METRICS[i]);
-        append_row(f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &metrics[i], root);
+        append_row(t, f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &metrics[i], root);
     }
-    append_row(f, "/routing/step", H5T_NATIVE_INT64, rs->rows, 1, none, &step, root);
+    append_row(t, f, "/routing/step", H5T_NATIVE_INT64, rs->rows, 1, none, &step, root);
     size_t VE = (size_t)V * E;
     int64_t *ibuf = nm_malloc(sizeof(int64_t) * (E > P ? E : P));
     double *rows_in = nm_malloc(sizeof(double) * (size_t)P);
@@ -378,42 +419,43 @@ void nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, doubl
     for (int l = 0; l < L; l++) {
         for (int e = 0; e < E; e++) ibuf[e] = (int64_t)rs->count[(size_t)l * E + e];
         block_name(nm, sizeof nm, l, "tokens_per_expert");
-        append_row(f, nm, H5T_NATIVE_INT64, rs->rows, 2, tE, ibuf, root);
+        append_row(t, f, nm, H5T_NATIVE_INT64, rs->rows, 2, tE, ibuf, root);
         for (int e = 0; e < E; e++) ibuf[e] = (int64_t)rs->top1[(size_t)l * E + e];
         block_name(nm, sizeof nm, l, "top1_per_expert");
-        append_row(f, nm, H5T_NATIVE_INT64, rs->rows, 2, tE, ibuf, root);
+        append_row(t, f, nm, H5T_NATIVE_INT64, rs->rows, 2, tE, ibuf, root);
         int64_t dropped = (int64_t)rs->dropped[l];
         block_name(nm, sizeof nm, l, "dropped");
-        append_row(f, nm, H5T_NATIVE_INT64, rs->rows, 1, none, &dropped, root);
+        append_row(t, f, nm, H5T_NATIVE_INT64, rs->rows, 1, none, &dropped, root);
         double aux = rs->aux_layer[l] / n, ent = rs->tokens > 0 ? rs->entropy[l] / rs->tokens : NAN;
         block_name(nm, sizeof nm, l, "aux_loss");
-        append_row(f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &aux, root);
+        append_row(t, f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &aux, root);
         block_name(nm, sizeof nm, l, "router_entropy");
-        append_row(f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &ent, root);
+        append_row(t, f, nm, H5T_NATIVE_DOUBLE, rs->rows, 1, none, &ent, root);
         /* per-rank rows received: gathered, in rank order */
         NM_MPI_CHECK(MPI_Gather(&rs->rows_in[l], 1, MPI_DOUBLE, rows_in, 1, MPI_DOUBLE, 0, m->comm));
         for (int r = 0; r < P; r++) ibuf[r] = (int64_t)rows_in[r];
         block_name(nm, sizeof nm, l, "tokens_per_rank");
-        append_row(f, nm, H5T_NATIVE_INT64, rs->rows, 2, tP, ibuf, root);
+        append_row(t, f, nm, H5T_NATIVE_INT64, rs->rows, 2, tP, ibuf, root);
         /* first choices per vocabulary id: integer sums, exact in any order */
         NM_MPI_CHECK(MPI_Reduce(rs->token_expert + (size_t)l * VE, te, (int)VE, MPI_INT32_T, MPI_SUM, 0, m->comm));
         block_name(nm, sizeof nm, l, "token_expert_interval");
-        append_row(f, nm, H5T_NATIVE_INT32, rs->rows, 3, tVE, te, root);
+        append_row(t, f, nm, H5T_NATIVE_INT32, rs->rows, 3, tVE, te, root);
         int64_t *cum = rs->cumulative + (size_t)l * VE;
         if (root)
             for (size_t i = 0; i < VE; i++) cum[i] += te[i];
         block_name(nm, sizeof nm, l, "token_expert");
-        hid_t d = NM_H5_CHECK(H5Dopen2(f, nm, H5P_DEFAULT));
-        write_collective(d, H5T_NATIVE_INT64, NM_H5_CHECK(H5Screate_simple(2, tVE, NULL)),
-                         NM_H5_CHECK(H5Dget_space(d)), cum, root);
+        hid_t d = NM_H5_TRY(t, H5Dopen2(f, nm, H5P_DEFAULT));
+        write_collective(t, d, H5T_NATIVE_INT64, NM_H5_TRY(t, H5Screate_simple(2, tVE, NULL)),
+                         NM_H5_TRY(t, H5Dget_space(d)), cum, root);
     }
     free(ibuf);
     free(rows_in);
     free(te);
     /* a crash loses at most the interval being accumulated */
-    NM_H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL));
+    NM_H5_TRY(t, H5Fflush(f, H5F_SCOPE_GLOBAL));
     rs->rows++;
     reset_interval(rs);
+    return t->failed ? nm_fail(err, "cannot write run.h5: %s", t->msg) : 0;
 }
 
 void nm_run_stats_summary(nm_run_stats *rs, char *buf, size_t n) {

@@ -45,15 +45,19 @@ int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err) {
     nm_config cfg;
     nm_vocab vocab;
     nm_ckpt_meta meta;
-    if (nm_ckpt_read_header(path, t->model.comm, &cfg, &vocab, &meta, err) != 0) return -1;
-    if (!meta.has_optimizer) return nm_fail(err, "checkpoint '%s' has no /optimizer: it cannot continue a run", path);
+    int rc = nm_ckpt_read_header(path, t->model.comm, &cfg, &vocab, &meta, err);
+    if (rc != 0) return rc;
+    /* the header is the same on every rank now: these fail everywhere (-2) */
+    if (!meta.has_optimizer)
+        return nm_fail(err, "checkpoint '%s' has no /optimizer: it cannot continue a run", path), -2;
     if (t->data &&
         (vocab.size != t->data->vocab.size || memcmp(vocab.bytes, t->data->vocab.bytes, (size_t)vocab.size) != 0))
         return nm_fail(err, "checkpoint '%s' was trained on another vocabulary (%d characters) than the data (%d)",
-                       path, vocab.size, t->data->vocab.size);
-    if (nm_ckpt_read_params(path, &t->model, &t->opt, err) != 0) return -1;
+                       path, vocab.size, t->data->vocab.size), -2;
+    if ((rc = nm_ckpt_read_params(path, &t->model, &t->opt, err)) != 0) return rc;
     t->step = meta.step;
     t->tokens_seen = meta.tokens_seen;
+    snprintf(t->run_id, sizeof t->run_id, "%s", meta.run_id); /* continuing that run */
     return 0;
 }
 

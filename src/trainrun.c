@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "nanomoe/agree.h"
 #include "nanomoe/api.h"
 #include "nanomoe/ckpt.h"
 #include "nanomoe/dist.h"
@@ -36,28 +37,61 @@ static int make_dirs(const char *path, nm_error *err) {
     return 0;
 }
 
-/* Setup that can fail on bad input; every rank agrees on the outcome. */
+/* Every key with its value as given, one "key=value" line each. */
+static void config_text(const nm_config *cfg, char *out, size_t cap) {
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; i < nm_config_nkeys() && o < cap; i++) {
+        char v[NM_PATH_MAX];
+        nm_config_format(cfg, nm_config_key_at(i), v, sizeof v);
+        o += (size_t)snprintf(out + o, cap - o, "%s=%s\n", nm_config_key_at(i)->name, v);
+    }
+}
+
+/* Setup that can fail on bad input. Every check that one rank can fail is
+ * agreed before the next collective call, and the configuration and the data
+ * must be rank 0's: an MPMD launch or a node with another copy of a file is
+ * caught here, naming the ranks. */
 static int prepare(int force, nm_config *cfg, nm_dataset *data, nm_error *err) {
-    if (nm_config_validate(cfg, err) != 0) return -1;
-    if (!cfg->out_dir[0]) return nm_fail(err, "config: out_dir is empty (expected the run directory)");
-    /* every rank reads the data: a node may lack it */
+    int ok = nm_config_validate(cfg, err) == 0;
+    if (ok && !cfg->out_dir[0]) ok = nm_fail(err, "config: out_dir is empty (expected the run directory)") == 0;
+    if (ok && force && cfg->resume[0])
+        ok = nm_fail(err, "--force starts a new run and moves the old one aside; it cannot be combined with "
+                          "resume=%s", cfg->resume) == 0;
+    if (!nm_agree(MPI_COMM_WORLD, ok, err)) return -1;
+    char *text = nm_malloc(64 * 1024);
+    config_text(cfg, text, 64 * 1024);
+    ok = nm_agree_same(MPI_COMM_WORLD, 1, "the configuration", text, err);
+    free(text);
+    if (!ok) return -1;
+    /* every rank reads the data: a node may lack it or hold another copy */
     int loaded = nm_dataset_load(data, cfg->data, NULL, err) == 0;
-    if (!nm_dist_agree(MPI_COMM_WORLD, loaded, err)) {
+    char id[256] = "", what[NM_PATH_MAX + 32];
+    if (loaded)
+        snprintf(id, sizeof id, "bytes=%zu\nvocabulary=%d characters\ncontent hash=%016llx\n", data->n_tokens,
+                 data->vocab.size, (unsigned long long)data->hash);
+    snprintf(what, sizeof what, "data '%s' as read here", cfg->data);
+    if (!nm_agree_same(MPI_COMM_WORLD, loaded, what, id, err)) {
         if (loaded) nm_dataset_free(data);
         return -1;
     }
-    int ok = nm_dataset_check_windows(data, cfg->block_size, cfg->data, err) == 0;
+    ok = nm_dataset_check_windows(data, cfg->block_size, cfg->data, err) == 0;
     cfg->vocab_size = data->vocab.size;
     if (ok && nm_world_rank() == 0 && make_dirs(cfg->out_dir, err) != 0) ok = 0;
-    ok = nm_dist_agree(MPI_COMM_WORLD, ok, err);
-    if (ok && !cfg->resume[0] && !force) {
+    ok = nm_agree(MPI_COMM_WORLD, ok, err);
+    if (ok && force) { /* the old run's files go into a folder of their own: nothing is deleted */
+        char where[NM_PATH_MAX + 2 * NM_RUN_ID_MAX];
+        ok = nm_run_move_aside(cfg->out_dir, MPI_COMM_WORLD, where, sizeof where, err) == 0;
+        if (ok && where[0]) nm_log0("--force: moved the previous run's files to %s\n", where);
+    } else if (ok && !cfg->resume[0]) {
         char **found;
         int n = nm_ckpt_list(cfg->out_dir, MPI_COMM_WORLD, &found);
         if (n > 0) {
             nm_fail(err,
                     "out_dir '%s' already holds checkpoints of an earlier run (%s); continue it with resume=auto, "
-                    "choose another out_dir=..., or pass --force to start over and replace them",
-                    cfg->out_dir, found[0]);
+                    "choose another out_dir=..., or pass --force to start over (the old files are moved to "
+                    "%s/replaced/)",
+                    cfg->out_dir, found[0], cfg->out_dir);
             ok = 0;
         }
         nm_ckpt_list_free(found, n);
@@ -110,21 +144,24 @@ static FILE *open_metrics(const nm_config *cfg, int64_t resume_step, nm_error *e
 static int save(nm_trainer *t, const nm_dataset *data, nm_error *err) {
     char p[NM_PATH_MAX + 32];
     snprintf(p, sizeof p, "%s/ckpt_%08lld.h5", t->cfg.out_dir, (long long)t->step);
-    if (nm_ckpt_save(p, &t->model, &t->opt, &data->vocab, t->step, t->tokens_seen, err) != 0) return -1;
+    if (nm_ckpt_save(p, &t->model, &t->opt, &data->vocab, t->step, t->tokens_seen, t->run_id, err) != 0) return -1;
     nm_log0("checkpoint %s\n", p);
-    nm_ckpt_prune(t->cfg.out_dir, t->cfg.keep_last, t->model.comm);
+    nm_ckpt_prune(t->cfg.out_dir, t->cfg.keep_last, t->run_id, t->model.comm);
+    nm_ckpt_remove_stale(t->cfg.out_dir, t->model.comm);
     return 0;
 }
 
 /* resume=auto|PATH: loads the checkpoint to continue from into t. Returns its
- * path in `from` ("" for a new run). Invalid checkpoints are skipped with a
- * warning under auto, an error under PATH. */
-static int resume(nm_trainer *t, const nm_config *cfg, char *from, size_t n, nm_error *err) {
-    from[0] = '\0';
+ * path in `from` ("" for a new run) and its run id in `from_id`. Under auto,
+ * only the most recently started run is continued, and a checkpoint that is
+ * bad for every rank is skipped with a warning; a checkpoint that only some
+ * ranks cannot read is an error (the nodes see different files). */
+static int resume(nm_trainer *t, const nm_config *cfg, char *from, size_t n, char *from_id, nm_error *err) {
+    from[0] = from_id[0] = '\0';
     if (!cfg->resume[0]) return 0;
     int automatic = strcmp(cfg->resume, "auto") == 0;
-    char **cands, *one = (char *)cfg->resume;
-    int nc = automatic ? nm_ckpt_list(cfg->out_dir, MPI_COMM_WORLD, &cands) : 1;
+    char **cands, *one = (char *)cfg->resume, newest[NM_RUN_ID_MAX] = "";
+    int nc = automatic ? nm_ckpt_list_run(cfg->out_dir, MPI_COMM_WORLD, 1, newest, sizeof newest, &cands) : 1;
     if (!automatic) cands = &one;
     int dirty = 0, rc = 0;
     for (int i = 0; i < nc && !from[0]; i++) {
@@ -132,19 +169,23 @@ static int resume(nm_trainer *t, const nm_config *cfg, char *from, size_t n, nm_
         nm_vocab vocab;
         nm_ckpt_meta meta;
         nm_error e;
-        if (nm_ckpt_read_header(cands[i], MPI_COMM_WORLD, &ck, &vocab, &meta, &e) == 0) {
+        int r = nm_ckpt_read_header(cands[i], MPI_COMM_WORLD, &ck, &vocab, &meta, &e);
+        if (r == 0) {
             if (nm_resume_check_config(cfg, &ck, cands[i], err) != 0) {
                 rc = -1;
                 break;
             }
             dirty = 1;
-            if (nm_trainer_resume(t, cands[i], &e) == 0) {
+            r = nm_trainer_resume(t, cands[i], &e);
+            if (r == 0) {
                 snprintf(from, n, "%s", cands[i]);
+                snprintf(from_id, NM_RUN_ID_MAX, "%s", meta.run_id);
                 break;
             }
         }
-        if (!automatic) {
-            nm_fail(err, "resume=%s: %s", cands[i], e.msg);
+        if (!automatic || r != -2) {
+            if (automatic) nm_fail(err, "resume=auto: %s", e.msg);
+            else nm_fail(err, "resume=%s: %s", cands[i], e.msg);
             rc = -1;
             break;
         }
@@ -158,6 +199,7 @@ static int resume(nm_trainer *t, const nm_config *cfg, char *from, size_t n, nm_
             nm_adamw_free(&t->opt);
             nm_adamw_init(&t->opt, &t->model.layout, cfg);
             t->step = t->tokens_seen = 0;
+            t->run_id[0] = '\0';
         }
     }
     return rc;
@@ -216,13 +258,19 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
     }
     print_header(&t, &data);
     char from[NM_PATH_MAX];
-    if (resume(&t, &cfg, from, sizeof from, err) != 0) {
+    char from_id[NM_RUN_ID_MAX];
+    if (resume(&t, &cfg, from, sizeof from, from_id, err) != 0) {
         nm_trainer_free(&t);
         nm_dataset_free(&data);
         return -1;
     }
     int64_t start = t.step;
     if (from[0]) nm_log0("resuming from %s at step %lld\n", from, (long long)start);
+    if (!t.run_id[0]) { /* a new run (or one continued from a file without an id): rank 0 names it */
+        if (nm_world_rank() == 0) nm_run_id_new(t.run_id, sizeof t.run_id);
+        nm_bcast_text(MPI_COMM_WORLD, t.run_id, sizeof t.run_id);
+    }
+    nm_log0("run id %s\n", t.run_id);
 
     FILE *metrics = NULL;
     int ok = 1;
@@ -230,8 +278,9 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
     nm_run_stats rs;
     char runpath[NM_PATH_MAX + 16];
     snprintf(runpath, sizeof runpath, "%s/run.h5", cfg.out_dir);
-    if (!nm_dist_agree(MPI_COMM_WORLD, ok, err) ||
-        nm_run_stats_open(&rs, runpath, &t.model, &data.vocab, cfg.stats_interval, from[0] ? start : -1, err) != 0) {
+    if (!nm_agree(MPI_COMM_WORLD, ok, err) ||
+        nm_run_stats_open(&rs, runpath, &t.model, &data.vocab, cfg.stats_interval, from[0] ? start : -1, t.run_id,
+                          from_id, err) != 0) {
         if (metrics) fclose(metrics);
         nm_trainer_free(&t);
         nm_dataset_free(&data);
@@ -258,8 +307,10 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
         /* all ranks agree whether a signal asked to stop */
         int sig = opt && opt->stop ? *opt->stop : 0;
         if (t.model.nranks > 1) NM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sig, 1, MPI_INT, MPI_MAX, t.model.comm));
-        int last = step == cfg.max_iters || sig;
-        if (step % cfg.log_interval == 0 || step == start + 1 || last) {
+        /* a stop request checkpoints at once: no evaluation first (the time
+         * before a preemption's SIGKILL is short) */
+        int end = step == cfg.max_iters, ckpt_due = (cfg.ckpt_interval > 0 && step % cfg.ckpt_interval == 0) || end || sig;
+        if (step % cfg.log_interval == 0 || step == start + 1 || end || sig) {
             double tps = interval_steps * tok_step / t_interval;
             char eta[32], drop[64] = "";
             nm_format_duration(t_train / (step - start) * (cfg.max_iters - step), eta, sizeof eta);
@@ -276,7 +327,7 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
             t_interval = 0.0;
             interval_steps = 0;
         }
-        if (cfg.eval_interval > 0 && (step == 1 || step % cfg.eval_interval == 0 || last)) {
+        if (cfg.eval_interval > 0 && (step == 1 || step % cfg.eval_interval == 0 || end)) {
             nm_losses v = nm_evaluate(&t);
             nm_run_stats_eval(&rs, v.loss);
             char summary[1024];
@@ -289,12 +340,16 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
                 fflush(metrics);
             }
         }
-        if (step % cfg.stats_interval == 0 || last) {
-            nm_run_stats_write(&rs, &t.model, step, lr, stats_steps * tok_step / t_stats);
+        /* a row with every checkpoint: a resumed run.h5 then equals an uninterrupted one */
+        if (step % cfg.stats_interval == 0 || ckpt_due) {
+            if (nm_run_stats_write(&rs, &t.model, step, lr, stats_steps * tok_step / t_stats, err) != 0) {
+                rc = -1;
+                break;
+            }
             t_stats = 0.0;
             stats_steps = 0;
         }
-        if ((cfg.ckpt_interval > 0 && step % cfg.ckpt_interval == 0) || last) {
+        if (ckpt_due) {
             if (save(&t, &data, err) != 0) {
                 rc = -1;
                 break;
@@ -313,7 +368,7 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
         nm_log0("done: %lld steps in %s, %.0f tok/s over training steps\n", (long long)(t.step - start), tot,
                 (double)(t.step - start) * tok_step / t_train);
     }
-    nm_run_stats_close(&rs);
+    if (nm_run_stats_close(&rs) != 0 && rc == 0) rc = nm_fail(err, "cannot write %s: closing it failed", runpath);
     if (metrics) fclose(metrics);
     nm_trainer_free(&t);
     nm_dataset_free(&data);

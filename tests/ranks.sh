@@ -30,8 +30,8 @@ compare_losses() { # compare_losses A B TOL -> prints the worst relative differe
        END { printf "%d steps, worst relative loss difference %.3g", n, w; exit !(n == 30 && w <= tol) }' \
     "$work/$1/metrics.csv" "$work/$2/metrics.csv"
 }
-runh5_same() { # equal but for timing and the per-rank row counts (their width is the rank count)
-  h5diff --exclude-path /metrics/tokens_per_s --exclude-path /routing/blocks/0/tokens_per_rank \
+runh5_same() { # equal but for the run id, timing and the per-rank row counts (their width is the rank count)
+  h5diff --exclude-attribute / --exclude-path /metrics/tokens_per_s --exclude-path /routing/blocks/0/tokens_per_rank \
     --exclude-path /routing/blocks/1/tokens_per_rank "$1" "$2" >/dev/null
 }
 

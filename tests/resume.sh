@@ -20,8 +20,8 @@ train() { # train NP OUT [key=value...]: exit status of the run; log in OUT.log
 }
 losses() { grep '^train,' "$work/$1/metrics.csv" | cut -d, -f2-5; } # step,loss,ce,aux
 same_ckpt() { $py "$repo/tools/compare_ckpt.py" "$1" "$2" --optimizer --quiet --tol "${3:-0}"; }
-runh5_same() { # run.h5 files equal but for timing and per-rank counts
-  h5diff --exclude-path /metrics/tokens_per_s --exclude-path /routing/blocks/0/tokens_per_rank \
+runh5_same() { # run.h5 files equal but for the run id, timing and per-rank counts
+  h5diff --exclude-attribute / --exclude-path /metrics/tokens_per_s --exclude-path /routing/blocks/0/tokens_per_rank \
     --exclude-path /routing/blocks/1/tokens_per_rank "$1" "$2" >/dev/null
 }
 

@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     nm_trainer t;
     CHECK(nm_trainer_init(&t, &cfg, &data, MPI_COMM_WORLD, &err) == 0, "%s", err.msg);
     for (int i = 0; i < 5; i++) nm_train_step(&t);
-    CHECK(nm_ckpt_save(path, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, &err) == 0, "%s", err.msg);
+    CHECK(nm_ckpt_save(path, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, "test-run", &err) == 0, "%s", err.msg);
     CHECK(access(path, R_OK) == 0, "checkpoint not written");
     CHECK(access(tmp, F_OK) != 0, "temporary file left behind");
 
@@ -101,7 +101,7 @@ int main(int argc, char **argv) {
 
     /* saving over an existing checkpoint replaces it whole */
     for (int i = 0; i < 3; i++) nm_train_step(&t);
-    CHECK(nm_ckpt_save(path, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, &err) == 0, "%s", err.msg);
+    CHECK(nm_ckpt_save(path, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, "test-run", &err) == 0, "%s", err.msg);
     CHECK(nm_ckpt_read_header(path, MPI_COMM_WORLD, &c2, &v2, &meta, &err) == 0 && meta.step == 8, "step %lld",
           (long long)meta.step);
     CHECK(nm_ckpt_read_params(path, &m2, &o2, &err) == 0, "%s", err.msg);
@@ -110,11 +110,11 @@ int main(int argc, char **argv) {
     /* a save that cannot create its file fails cleanly and names the path */
     char bad[300];
     snprintf(bad, sizeof bad, "%s/no/such/dir/ckpt.h5", dir);
-    CHECK(nm_ckpt_save(bad, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, &err) != 0, "save to a missing dir succeeded");
+    CHECK(nm_ckpt_save(bad, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, "test-run", &err) != 0, "save to a missing dir succeeded");
     CHECK(strstr(err.msg, "no/such/dir") != NULL, "message does not name the path: %s", err.msg);
 
     if (keep) {
-        CHECK(nm_ckpt_save(keep, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, &err) == 0, "%s", err.msg);
+        CHECK(nm_ckpt_save(keep, &t.model, &t.opt, &data.vocab, t.step, t.tokens_seen, "test-run", &err) == 0, "%s", err.msg);
     }
     free(d);
     free(x);

@@ -7,6 +7,7 @@
 #ifndef NANOMOE_API_H
 #define NANOMOE_API_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "nanomoe/config.h"
@@ -89,8 +90,8 @@ int64_t nm_trainer_get_step(const nm_trainer *t);
  * mpirun). Stops after the current step when *stop becomes non-zero (may be
  * NULL), writing a checkpoint. force: start a new run over existing checkpoints. */
 typedef struct nm_run_options {
-    int force;
-    volatile int *stop;
+    int force;                 /* move the files of a previous run in out_dir aside (out_dir/replaced/<id>/) */
+    volatile sig_atomic_t *stop;
 } nm_run_options;
 int nm_train_run(const nm_config *cfg, const nm_run_options *opt, nm_error *err);
 

@@ -32,6 +32,7 @@ typedef struct nm_dataset {
     int32_t *tokens;
     size_t n_tokens;
     size_t n_train; /* train = tokens[0, n_train), val = tokens[n_train, n_tokens) */
+    uint64_t hash;  /* of the file's bytes (nm_hash64): compared across ranks */
 } nm_dataset;
 
 /* Reads and tokenises a text file. With vocab == NULL the vocabulary comes

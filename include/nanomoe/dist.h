@@ -33,10 +33,6 @@ void nm_dist_experts(int E, int ep, int g, int *begin, int *count);
 /* Sequences [*b0, *b1) of rank r of P in a global batch of B (contiguous slices). */
 void nm_dist_batch_slice(int B, int r, int P, int *b0, int *b1);
 
-/* Collective: 1 if ok on every rank of comm; otherwise every rank receives in
- * err the message of the lowest failing rank (naming it) and 0 is returned. */
-int nm_dist_agree(MPI_Comm comm, int ok, nm_error *err);
-
 /* Collective over comm. */
 int nm_dist_init(nm_dist *d, MPI_Comm comm, int n_experts, int expert_parallel, nm_error *err);
 void nm_dist_free(nm_dist *d);

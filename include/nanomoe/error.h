@@ -33,6 +33,20 @@ void nm_mpi_check(int rc, const char *file, int line, const char *call);
 int64_t nm_h5_check(int64_t rc, const char *file, int line, const char *call);
 #define NM_H5_CHECK(call) nm_h5_check((int64_t)(call), __FILE__, __LINE__, #call)
 
+/* HDF5 calls of a write that can fail without killing a library user's
+ * program. The first failure is recorded in t (call, file:line, HDF5's
+ * reason) and later calls are skipped, so the caller can clean up and return
+ * the error -- on one process. With several ranks (t->nranks > 1) a failure
+ * aborts every rank instead, as NM_H5_CHECK does: a rank that stopped making
+ * the collective calls would leave the others waiting forever. */
+typedef struct nm_h5_try {
+    int nranks;
+    int failed;
+    char msg[512];
+} nm_h5_try;
+int64_t nm_h5_try_at(nm_h5_try *t, int64_t rc, const char *file, int line, const char *call);
+#define NM_H5_TRY(t, call) ((t)->failed ? (int64_t)-1 : nm_h5_try_at((t), (int64_t)(call), __FILE__, __LINE__, #call))
+
 /* malloc/calloc that abort with the requested size on failure. */
 void *nm_malloc_at(size_t bytes, const char *file, int line);
 void *nm_calloc_at(size_t n, size_t size, const char *file, int line);

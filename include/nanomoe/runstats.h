@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "nanomoe/ckpt.h"
 #include "nanomoe/data.h"
 #include "nanomoe/error.h"
 #include "nanomoe/model.h"
@@ -16,6 +17,7 @@
 
 typedef struct nm_run_stats {
     int64_t file;          /* hid_t */
+    nm_h5_try h5;          /* the first HDF5 failure (one process; several ranks abort) */
     int L, E, V, P;
     long rows;             /* rows written */
     /* the current interval (global sums, the same on every rank) */
@@ -32,19 +34,27 @@ typedef struct nm_run_stats {
     double *sum_dropped;   /* [L] */
 } nm_run_stats;
 
-/* Creates path, or with resume_step >= 0 opens it to continue: rows after
- * resume_step (written after the checkpoint the run resumes from) are cut
- * off. Collective over m->comm. */
+/* Creates path for run run_id, or with resume_step >= 0 continues it: rank
+ * 0 decides whether it exists, every rank reads its state and must see rank
+ * 0's, and rows after resume_step (written after the checkpoint the run
+ * resumes from) are cut off. A file of another shape, or of a run other than
+ * accept_id (the id of the checkpoint resumed from), is kept as
+ * path.before-step-<resume_step> and a new one is started. Collective over
+ * m->comm. */
 int nm_run_stats_open(nm_run_stats *rs, const char *path, const nm_model *m, const nm_vocab *vocab,
-                      int stats_interval, int64_t resume_step, nm_error *err);
-void nm_run_stats_close(nm_run_stats *rs);
+                      int stats_interval, int64_t resume_step, const char *run_id, const char *accept_id,
+                      nm_error *err);
+/* Closes the file (and frees rs); -1 if writing it failed. */
+int nm_run_stats_close(nm_run_stats *rs);
 
 /* Accumulates the training step that m just ran on local ids x[B, T]. */
 void nm_run_stats_step(nm_run_stats *rs, const nm_model *m, const int32_t *x);
 /* Records a validation loss for the current interval. */
 void nm_run_stats_eval(nm_run_stats *rs, double val_loss);
-/* Appends the interval as one row at `step` and starts the next. Collective. */
-void nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, double lr, double tokens_per_s);
+/* Appends the interval as one row at `step` and starts the next. Collective.
+ * -1 when the write failed (one process; several ranks abort). */
+int nm_run_stats_write(nm_run_stats *rs, const nm_model *m, int64_t step, double lr, double tokens_per_s,
+                       nm_error *err);
 
 /* One line per run: per layer max/min expert load, dead experts, dropped,
  * since the previous call; resets that window. */

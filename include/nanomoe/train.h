@@ -8,6 +8,7 @@
 
 #include "nanomoe/adamw.h"
 #include "nanomoe/api.h"
+#include "nanomoe/ckpt.h"
 #include "nanomoe/config.h"
 #include "nanomoe/data.h"
 #include "nanomoe/model.h"
@@ -22,6 +23,7 @@ typedef struct nm_trainer {
     int b0, b1;          /* this rank's sequences of the global batch */
     int32_t *x, *y;      /* [b1 - b0, T] */
     double grad_norm;    /* before clipping, when grad_clip > 0 */
+    char run_id[NM_RUN_ID_MAX]; /* the run its checkpoints belong to ("" = none yet) */
 } nm_trainer;
 
 
@@ -31,9 +33,10 @@ typedef struct nm_trainer {
 int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err);
 void nm_trainer_free(nm_trainer *t);
 
-/* Continues from a checkpoint: parameters, AdamW moments and step count. The
- * data stream and dropout masks are functions of (seed, step), so this is
- * the whole state. Collective. */
+/* Continues from a checkpoint: parameters, AdamW moments, step count and run
+ * id. The data stream and dropout masks are functions of (seed, step), so
+ * this is the whole state. Collective. Returns 0, -1, or -2 when the file is
+ * bad for every rank (see nm_ckpt_read_header). */
 int nm_trainer_resume(nm_trainer *t, const char *path, nm_error *err);
 
 /* One step on the next global training batch: forward, backward, AdamW. */

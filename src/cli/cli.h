@@ -21,6 +21,12 @@ int cmd_inspect(int argc, char **argv);
 int cli_error(const nm_error *err);
 int cli_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Every rank must have been given the same arguments (argv[0..argc)) as
+ * rank 0: an MPMD launch that gives one rank others would otherwise leave
+ * ranks in different collective calls. Collective; prints the error. Returns
+ * 0 when they agree, else 1 (the exit status). */
+int cli_same_args(int argc, char **argv);
+
 /* Parses an integer / a number option value, with a message naming the option. */
 int cli_int(const char *opt, const char *text, long min, long max, long *out, nm_error *err);
 int cli_double(const char *opt, const char *text, double min, double max, double *out, nm_error *err);

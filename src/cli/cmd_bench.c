@@ -139,6 +139,7 @@ int cmd_bench(int argc, char **argv) {
     long steps = 20, warmup = 3;
     nm_error err;
     int c;
+    if (cli_same_args(argc, argv) != 0) return 1;
     while ((c = getopt_long(argc, argv, "s:w:h", opts, NULL)) != -1) {
         if (c == 's') {
             if (cli_int("--steps", optarg, 1, 1000000, &steps, &err) != 0) return cli_error(&err);

@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "nanomoe/dist.h"
+#include "nanomoe/agree.h"
 #include "nanomoe/train.h"
 
 static void help(void) {
@@ -34,6 +34,7 @@ int cmd_eval(int argc, char **argv) {
     long batch = 32;
     nm_error err;
     int c;
+    if (cli_same_args(argc, argv) != 0) return 1;
     while ((c = getopt_long(argc, argv, "d:b:h", opts, NULL)) != -1) {
         if (c == 'd') data_path = optarg;
         else if (c == 'b') {
@@ -56,7 +57,7 @@ int cmd_eval(int argc, char **argv) {
     nm_dataset data;
     if (!data_path) data_path = m.cfg.data;
     int loaded = nm_dataset_load(&data, data_path, &vocab, &err) == 0;
-    if (!nm_dist_agree(MPI_COMM_WORLD, loaded, &err)) {
+    if (!nm_agree(MPI_COMM_WORLD, loaded, &err)) {
         if (loaded) nm_dataset_free(&data);
         nm_model_free(&m);
         return cli_error(&err);

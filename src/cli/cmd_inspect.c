@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "nanomoe/runstats.h"
+#include "nanomoe/h5util.h"
 #include "nanomoe/timers.h"
 
 static void help(void) {

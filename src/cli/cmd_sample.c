@@ -40,6 +40,7 @@ int cmd_sample(int argc, char **argv) {
     double temp = 0.8;
     nm_error err;
     int c;
+    if (cli_same_args(argc, argv) != 0) return 1;
     while ((c = getopt_long(argc, argv, "p:n:t:k:s:h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "nanomoe/agree.h"
 
 int cli_error(const nm_error *err) {
     if (nm_world_rank() == 0) {
@@ -22,6 +23,18 @@ int cli_errorf(const char *fmt, ...) {
     vsnprintf(e.msg, sizeof e.msg, fmt, ap);
     va_end(ap);
     return cli_error(&e);
+}
+
+int cli_same_args(int argc, char **argv) {
+    size_t n = 1;
+    for (int i = 0; i < argc; i++) n += strlen(argv[i]) + 1;
+    char *text = nm_malloc(n);
+    text[0] = '\0';
+    for (int i = 0; i < argc; i++) strcat(strcat(text, argv[i]), "\n");
+    nm_error err;
+    int ok = nm_agree_same(MPI_COMM_WORLD, 1, "the command line", text, &err);
+    free(text);
+    return ok ? 0 : cli_error(&err);
 }
 
 int cli_int(const char *opt, const char *text, long min, long max, long *out, nm_error *err) {

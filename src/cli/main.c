@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "nanomoe/agree.h"
 #include "nanomoe/api.h"
 
 static void usage(FILE *f) {
@@ -40,7 +41,11 @@ int main(int argc, char **argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     nm_set_log(print_log, NULL);
     int rc;
-    if (argc < 2) {
+    nm_error err;
+    /* the same command on every rank, or none starts a collective call */
+    if (!nm_agree_same(MPI_COMM_WORLD, 1, "the command", argc > 1 ? argv[1] : "", &err)) {
+        rc = cli_error(&err);
+    } else if (argc < 2) {
         if (nm_world_rank() == 0) usage(stderr);
         rc = 2;
     } else if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
