@@ -223,7 +223,8 @@ static int move_aside_local(const char *dir, char *where, size_t cap, nm_error *
     where[0] = '\0';
     char id[NM_RUN_ID_MAX] = "", probe[NM_RUN_ID_MAX], **ck;
     int n = list_local(dir, &ck);
-    for (int i = 0; i < n && !id[0]; i++) file_run_id(ck[i], id, sizeof id);
+    for (int i = 0; i < n; i++) /* named after the most recently started run among them */
+        if (file_run_id(ck[i], probe, sizeof probe) == 1 && strcmp(probe, id) > 0) snprintf(id, sizeof id, "%s", probe);
     nm_ckpt_list_free(ck, n);
     char *rh = join(dir, "run.h5");
     if (!id[0]) file_run_id(rh, id, sizeof id);

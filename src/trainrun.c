@@ -287,6 +287,9 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
         return -1;
     }
 
+    /* test hook NANOMOE_FAULT=kill-at-step=N: every rank dies after step N */
+    const char *fault = getenv("NANOMOE_FAULT");
+    long kill_at = fault && !strncmp(fault, "kill-at-step=", 13) ? strtol(fault + 13, NULL, 10) : -1;
     long tok_step = (long)cfg.batch_size * cfg.block_size;
     double t_start = nm_now(), t_train = 0.0, t_interval = 0.0, t_stats = 0.0;
     int interval_steps = 0, stats_steps = 0, rc = 0, stopped = 0;
@@ -355,6 +358,7 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
                 break;
             }
         }
+        if (kill_at == step) raise(SIGKILL); /* test hook: a crash right after this step */
         if (sig) {
             nm_log0("stopping after step %d on %s\n", step,
                     sig == SIGUSR1 ? "SIGUSR1" : sig == SIGTERM ? "SIGTERM" : "a stop request");

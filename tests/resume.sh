@@ -111,6 +111,11 @@ for sig in USR1 TERM; do
   [ $rc -eq 0 ] && [ -n "$step" ] && [ -f "$(printf 'sig%s/ckpt_%08d.h5' $sig "$step")" ] \
     && ok "SIG$sig ($([ $sig = USR1 ] && echo to mpirun || echo to every rank)): stopped after step $step, checkpoint written, exit 0" \
     || bad "SIG$sig: rc $rc, step '$step', files: $(ls sig$sig | tr '\n' ' ')"
+  if [ -n "$step" ] && [ $((step % 10)) -ne 0 ]; then
+    grep -q "^eval step $step " "sig$sig.log" && bad "SIG$sig: an evaluation ran before the stop checkpoint"       || ok "SIG$sig: no evaluation at the unscheduled stop step $step"
+  fi
+  $py -c 'import h5py, sys; sys.exit(int(sys.argv[2]) not in list(h5py.File(sys.argv[1], "r")["routing/step"][...]))' \
+    "sig$sig/run.h5" "${step:-0}" && ok "SIG$sig: run.h5 has a row at the stop step" || bad "SIG$sig: no run.h5 row at step $step"
 done
 
 # ---- corrupt checkpoints: resume=auto falls back, resume=PATH, eval and inspect name the file
@@ -172,4 +177,47 @@ runh5_same "$work/straight1/run.h5" "$work/four/run.h5" && runh5_same "$work/str
   && ok "run.h5 identical at 1, 2 and 4 ranks except tokens_per_rank (and timing)" || bad "run.h5 differs across rank counts"
 out=$("$bin" inspect four/run.h5) && echo "$out" | grep -q "steps 5 .. 40" && ok "inspect reads a run.h5 of 4 ranks" || bad "inspect run.h5: $out"
 out=$("$bin" inspect four/ckpt_00000040.h5) && echo "$out" | grep -q "schema: ok" && ok "inspect validates a checkpoint of 4 ranks" || bad "inspect ckpt: $out"
+# ---- run identity: resume=auto continues the newest run, keep_last prunes only it, --force moves aside
+runid() { $py -c 'import h5py, sys; print(h5py.File(sys.argv[1], "r").attrs.get("run_id", ""))' "$1"; }
+train 1 idA max_iters=10 ckpt_interval=5 || bad "run A failed"
+sleep 1 # run ids begin with their start second
+train 1 idB max_iters=4 ckpt_interval=2 seed=77 || bad "run B failed"
+a=$(runid idA/ckpt_00000010.h5) b=$(runid idB/ckpt_00000004.h5)
+[[ $a =~ ^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{16}$ && $b > $a ]] && ok "checkpoints carry run ids that sort by start time ($a < $b)" \
+  || bad "run ids '$a', '$b'"
+[ "$(runid idA/run.h5)" = "$a" ] && ok "run.h5 carries the run id" || bad "run.h5 run id '$(runid idA/run.h5)'"
+cp idB/ckpt_00000002.h5 idB/ckpt_00000004.h5 idA/ # run B's files (lower steps, newer run) next to run A's
+train 1 idA max_iters=6 ckpt_interval=2 keep_last=1 seed=77 resume=auto \
+  && grep -q "resuming from .*idA/ckpt_00000004.h5 at step 4" idA.log \
+  && ok "resume=auto continues the most recently started run, not the highest step" || bad "resume=auto picked: $(grep resuming idA.log | tail -1)"
+[ "$(cd idA && ls ckpt_*.h5 | tr '\n' ' ')" = "ckpt_00000005.h5 ckpt_00000006.h5 ckpt_00000010.h5 " ] \
+  && [ "$(runid idA/ckpt_00000006.h5)" = "$b" ] && ok "keep_last prunes only the continued run's checkpoints" \
+  || bad "after keep_last=1: $(cd idA && ls ckpt_*.h5 | tr '\n' ' ')"
+grep -q "run.h5 belongs to another run" idA.log && [ -f idA/run.h5.before-step-4 ] \
+  && ok "another run's run.h5 is kept aside, not continued" || bad "run.h5 of run A was not set aside"
+touch idA/ckpt_00000099.h5.tmp
+train 1 idA max_iters=8 ckpt_interval=2 seed=77 resume=auto && [ ! -e idA/ckpt_00000099.h5.tmp ] \
+  && grep -q "removed .*ckpt_00000099.h5.tmp" idA.log && ok "a stale .tmp is removed at the next checkpoint" \
+  || bad "stale .tmp: $(ls idA | tr '\n' ' ')"
+if "$bin" train "$repo/configs/tiny.ini" "${common[@]}" out_dir="$work/idA" resume=auto --force >force.log 2>&1; then
+  bad "--force with resume=auto exited 0"
+else grep -q "cannot be combined with resume=auto" force.log && ok "--force with resume=auto is refused" || bad "--force+resume: $(cat force.log)"; fi
+before=$(cd idA && ls | sort | tr '\n' ' ')
+train 1 idA max_iters=3 --force || bad "--force run failed"
+moved=$(ls -d idA/replaced/*/ 2>/dev/null | head -1)
+[ -n "$moved" ] && [ "$(cd "$moved" && ls | sort | tr '\n' ' ')" = "$before" ] && grep -q "moved the previous run's files to" idA.log \
+  && ok "--force moves every file of the previous run into $(basename "$moved")/, nothing deleted" \
+  || bad "--force: before '$before', moved '$(ls "$moved" 2>/dev/null | tr '\n' ' ')'"
+[ "$(cd idA && ls ckpt_*.h5 | tr '\n' ' ')" = "ckpt_00000003.h5 " ] && train 1 idA max_iters=5 resume=auto \
+  && grep -q "resuming from .*idA/ckpt_00000003.h5 at step 3" idA.log \
+  && ok "after --force, resume=auto continues the new run only" || bad "after --force: $(ls idA | tr '\n' ' ')"
+
+# ---- a crash between checkpoints: with ckpt_interval 15 and stats_interval 10 a row is
+# written with every checkpoint, so the resumed run.h5 equals the uninterrupted one
+train 1 rowsA max_iters=40 ckpt_interval=15 stats_interval=10 || bad "rowsA failed"
+NANOMOE_FAULT=kill-at-step=25 train 1 rowsB max_iters=40 ckpt_interval=15 stats_interval=10 && bad "kill-at-step did not kill"
+train 1 rowsB max_iters=40 ckpt_interval=15 stats_interval=10 resume=auto && grep -q "resuming from .*ckpt_00000015.h5" rowsB.log \
+  && runh5_same rowsA/run.h5 rowsB/run.h5 && ok "killed at step 25, resumed from step 15: run.h5 equals the uninterrupted run's" \
+  || bad "run.h5 after a crash between checkpoints differs: $(h5diff --exclude-attribute / rowsA/run.h5 rowsB/run.h5 | head -3)"
+
 exit $fail

@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-pkgs="build-essential cmake pkg-config curl libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-openmpi-dev hdf5-tools libinih-dev python3-h5py python3-numpy python3-matplotlib slurmctld slurmd slurm-client"
+pkgs="build-essential cmake pkg-config curl libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-openmpi-dev hdf5-tools libinih-dev python3-h5py python3-numpy python3-matplotlib slurmctld slurmd slurm-client mpich libmpich-dev libhdf5-mpich-dev iproute2 util-linux"
 missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   echo "installing Debian packages:" $missing
