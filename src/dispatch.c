@@ -54,10 +54,6 @@ void nm_dispatch_plan_free(nm_dispatch_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-static void add_time(nm_dispatch *d, double t0) {
-    if (d->timers) d->timers->sec[NM_T_ALLTOALL] += nm_now() - t0;
-}
-
 void nm_dispatch_make_plan(nm_dispatch *d, nm_dispatch_plan *p, const int32_t *count) {
     int Q = d->Q, El = d->El;
     double t0 = nm_now();
@@ -67,7 +63,7 @@ void nm_dispatch_make_plan(nm_dispatch *d, nm_dispatch_plan *p, const int32_t *c
     } else {
         memcpy(p->from, count, sizeof(int32_t) * (size_t)El);
     }
-    add_time(d, t0);
+    nm_timer_lap(d->timers, NM_T_ALLTOALL, &t0);
     p->rows_out = p->rows_in = 0;
     for (int s = 0; s < Q; s++) {
         int out = 0, in = 0;
@@ -114,7 +110,7 @@ const float *nm_dispatch_to_experts(nm_dispatch *d, const nm_dispatch_plan *p, c
     if (d->Q == 1) return slots;
     double t0 = nm_now();
     NM_MPI_CHECK(MPI_Alltoallv(slots, p->scount, p->sdispl, d->row, d->stage, p->rcount, p->rdispl, d->row, d->comm));
-    add_time(d, t0);
+    nm_timer_lap(d->timers, NM_T_ALLTOALL, &t0);
     d->bytes_sent += (double)(p->rows_out - p->scount[d->q]) * d->C * sizeof(float);
     reorder(d, p, d->stage, out, 1);
     return out;
@@ -125,7 +121,7 @@ const float *nm_dispatch_from_experts(nm_dispatch *d, const nm_dispatch_plan *p,
     reorder(d, p, rows, d->stage, 0);
     double t0 = nm_now();
     NM_MPI_CHECK(MPI_Alltoallv(d->stage, p->rcount, p->rdispl, d->row, slots, p->scount, p->sdispl, d->row, d->comm));
-    add_time(d, t0);
+    nm_timer_lap(d->timers, NM_T_ALLTOALL, &t0);
     d->bytes_sent += (double)(p->rows_in - p->rcount[d->q]) * d->C * sizeof(float);
     return slots;
 }

@@ -11,12 +11,10 @@
 #include "nanomoe/ops.h"
 #include "nanomoe/router.h"
 
-#define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)((n) > 0 ? (n) : 1)))
-
 /* b_global: sequences of the global batch, for the capacity limit (0: none). */
 static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
     const nm_config *c = &m->cfg;
-    nm_moe_dims d = {B * T, T, c->d_model, c->d_ff, c->n_experts, c->top_k, 0};
+    nm_moe_dims d = {.N = B * T, .seq_len = T, .C = c->d_model, .F = c->d_ff, .E = c->n_experts, .K = c->top_k};
     if (c->capacity_factor > 0 && b_global > 0)
         d.capacity = (long)ceil(c->capacity_factor * (double)b_global * T * c->top_k / c->n_experts);
     return d;
@@ -25,20 +23,19 @@ static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
 /* The per-block settings of a pass over B x T tokens. */
 static nm_block_run block_run(nm_model *m, int B, int T, const nm_forward_opts *o) {
     const nm_config *c = &m->cfg;
-    nm_block_run r = {B,
-                      T,
-                      c->d_model,
-                      c->n_heads,
-                      (float)c->layer_norm_eps,
-                      o->training ? (float)c->dropout_rate : 0.0f,
-                      (uint64_t)c->seed,
-                      o->step,
-                      o->b_offset,
-                      0,
-                      moe_dims(m, B, T, o->b_global),
-                      &m->dispatch,
-                      &m->acts.block,
-                      &m->timers};
+    nm_block_run r = {.B = B,
+                      .T = T,
+                      .C = c->d_model,
+                      .H = c->n_heads,
+                      .eps = (float)c->layer_norm_eps,
+                      .p = o->training ? (float)c->dropout_rate : 0.0f,
+                      .seed = (uint64_t)c->seed,
+                      .step = o->step,
+                      .b_offset = o->b_offset,
+                      .moe = moe_dims(m, B, T, o->b_global),
+                      .dispatch = &m->dispatch,
+                      .s = &m->acts.block,
+                      .timers = &m->timers};
     return r;
 }
 
@@ -50,17 +47,17 @@ static void acts_alloc(nm_model *m) {
     nm_moe_dims d = moe_dims(m, B, T, 0);
     a->layers = nm_calloc((size_t)L, sizeof *a->layers);
     for (int l = 0; l < L; l++) nm_layer_acts_alloc(&a->layers[l], B, T, C, H, &d, &m->dispatch);
-    a->x_final = FALLOC(N * C);
-    a->lnf = FALLOC(N * C);
-    a->lnf_mean = FALLOC(N);
-    a->lnf_rstd = FALLOC(N);
-    a->logits = FALLOC(N * V);
-    a->losses = FALLOC(N);
+    a->x_final = nm_falloc(N * C);
+    a->lnf = nm_falloc(N * C);
+    a->lnf_mean = nm_falloc(N);
+    a->lnf_rstd = nm_falloc(N);
+    a->logits = nm_falloc(N * V);
+    a->losses = nm_falloc(N);
     a->ids = nm_malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
     a->targets = nm_malloc(sizeof(int32_t) * (size_t)(N > 0 ? N : 1));
-    a->dx = FALLOC(N * C);
-    a->dln = FALLOC(N * C);
-    a->dlogits = FALLOC(N * V);
+    a->dx = nm_falloc(N * C);
+    a->dln = nm_falloc(N * C);
+    a->dlogits = nm_falloc(N * V);
     nm_block_scratch_alloc(&a->block, B, T, C, m->nthreads, &d, &m->dispatch);
     a->block.moe.timers = &m->timers;
 }
@@ -189,52 +186,20 @@ void nm_model_free(nm_model *m) {
     memset(m, 0, sizeof *m);
 }
 
-#define TIC(id) double t_##id = nm_now()
-#define TOC(id, cat) m->timers.sec[cat] += nm_now() - t_##id
 
-void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o) {
+/* The statistics vector of the last forward over the global batch, summed
+ * like the gradients: per sequence, per chunk in order, as a tree over
+ * chunks, then over ranks; so it carries the same bits on any rank count that
+ * can follow the tree. */
+static void stats_reduce(nm_model *m, int have_targets) {
     const nm_config *c = &m->cfg;
-    int C = c->d_model, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
-    long N = (long)B * T;
-    if (B > m->cap_B || T > m->cap_T) NM_ABORT("forward on %d x %d exceeds the activation capacity %d x %d", B, T, m->cap_B, m->cap_T);
-    nm_acts *a = &m->acts;
-    m->B = B;
-    m->T = T;
-    m->fwd = *o;
-    float p = o->training ? (float)c->dropout_rate : 0.0f;
-    uint64_t seed = (uint64_t)c->seed;
-    /* global element index of this rank's first activation, per [N, C] site */
-    uint64_t base_nc = (uint64_t)o->b_offset * T * C;
-
-    memcpy(a->ids, x, sizeof(int32_t) * (size_t)N);
-    if (y) memcpy(a->targets, y, sizeof(int32_t) * (size_t)N);
-    TIC(emb);
-    float *x0 = a->layers[0].x;
-    nm_embedding_forward(x0, x, m->p.tok_emb, m->p.pos_emb, B, T, C);
-    nm_dropout(x0, (size_t)N * C, p, nm_dropout_key(seed, o->step, NM_SITE_EMBED), base_nc);
-    TOC(emb, NM_T_EMBED);
-
-    nm_block_run run = block_run(m, B, T, o);
-    for (int l = 0; l < L; l++) {
-        run.layer = l;
-        nm_block_run_forward(&run, &a->layers[l], &m->p.layers[l], l + 1 < L ? a->layers[l + 1].x : a->x_final);
-    }
-
-    TIC(head);
-    nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
-                         (float)c->layer_norm_eps);
-    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, B, T, C, V);
-    if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
-    TOC(head, NM_T_HEAD);
-
-    /* statistics of the whole global batch, summed like the gradients: per
-     * sequence, per chunk in order, as a tree over chunks, then over ranks */
-    TIC(comm);
+    int B = m->B, T = m->T, L = c->n_layers, E = c->n_experts;
+    const nm_acts *a = &m->acts;
     size_t S = nm_stats_len(c);
     memset(m->seq_stats, 0, sizeof(double) * (size_t)B * S);
     for (int b = 0; b < B; b++) {
         double *v = m->seq_stats + (size_t)b * S;
-        if (y)
+        if (have_targets)
             for (int t = 0; t < T; t++) v[0] += a->losses[(long)b * T + t];
         for (int l = 0; l < L; l++) {
             const nm_moe_acts *ma = &a->layers[l].moe;
@@ -262,19 +227,68 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     }
     memcpy(m->stats, cs, sizeof(double) * S);
     nm_dist_sum_d(m->stats, S, m->comm, m->tree_reduce, (double *)m->reduce_scratch);
-    double *st = m->stats;
-    for (int l = 0; l < L; l++) m->dropped[l] = st[NM_STAT_LAYER(l, E) + NM_STAT_DROPPED(E)];
-    TOC(comm, NM_T_ALLREDUCE);
-    double ntok = (double)o->b_global * T;
+    for (int l = 0; l < L; l++) m->dropped[l] = m->stats[NM_STAT_LAYER(l, E) + NM_STAT_DROPPED(E)];
+}
+
+/* The aux loss of every layer from the global statistics, and d aux / d probs
+ * (scaled by aux_loss_coeff for backward). */
+static void aux_from_stats(nm_model *m) {
+    const nm_config *c = &m->cfg;
+    int L = c->n_layers, E = c->n_experts;
+    double ntok = (double)m->fwd.b_global * m->T;
     m->aux = 0.0;
     for (int l = 0; l < L; l++) {
-        const double *sl = st + NM_STAT_LAYER(l, E);
+        const double *sl = m->stats + NM_STAT_LAYER(l, E);
         m->aux_layer[l] = nm_router_aux(sl + NM_STAT_PSUM, sl + NM_STAT_TOP1(E), ntok, E, m->dprob + (size_t)l * E);
         m->aux += m->aux_layer[l];
         for (int e = 0; e < E; e++)
             m->dprob_scaled[(size_t)l * E + e] = c->aux_loss_coeff * m->dprob[(size_t)l * E + e];
     }
-    m->ce = y ? st[0] / ntok : NAN;
+}
+
+void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o) {
+    double t0;
+    const nm_config *c = &m->cfg;
+    int C = c->d_model, V = c->vocab_size, L = c->n_layers;
+    long N = (long)B * T;
+    if (B > m->cap_B || T > m->cap_T)
+        NM_ABORT("forward on %d x %d exceeds the activation capacity %d x %d", B, T, m->cap_B, m->cap_T);
+    nm_acts *a = &m->acts;
+    m->B = B;
+    m->T = T;
+    m->fwd = *o;
+    float p = o->training ? (float)c->dropout_rate : 0.0f;
+    uint64_t seed = (uint64_t)c->seed;
+    /* global element index of this rank's first activation, per [N, C] site */
+    uint64_t base_nc = (uint64_t)o->b_offset * T * C;
+
+    memcpy(a->ids, x, sizeof(int32_t) * (size_t)N);
+    if (y) memcpy(a->targets, y, sizeof(int32_t) * (size_t)N);
+    t0 = nm_now();
+    float *x0 = a->layers[0].x;
+    nm_embedding_forward(x0, x, m->p.tok_emb, m->p.pos_emb, B, T, C);
+    nm_dropout(x0, (size_t)N * C, p, nm_dropout_key(seed, o->step, NM_SITE_EMBED), base_nc);
+    nm_timer_lap(&m->timers, NM_T_EMBED, &t0);
+
+    nm_block_run run = block_run(m, B, T, o);
+    for (int l = 0; l < L; l++) {
+        run.layer = l;
+        nm_block_run_forward(&run, &a->layers[l], &m->p.layers[l], l + 1 < L ? a->layers[l + 1].x : a->x_final);
+    }
+
+    t0 = nm_now();
+    nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
+                         (float)c->layer_norm_eps);
+    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, B, T, C, V);
+    if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
+    nm_timer_lap(&m->timers, NM_T_HEAD, &t0);
+
+    t0 = nm_now();
+    stats_reduce(m, y != NULL);
+    nm_timer_lap(&m->timers, NM_T_ALLREDUCE, &t0);
+    aux_from_stats(m);
+    double ntok = (double)o->b_global * T;
+    m->ce = y ? m->stats[0] / ntok : NAN;
     m->loss = m->ce + c->aux_loss_coeff * m->aux;
 }
 
@@ -294,6 +308,7 @@ void nm_model_zero_grad(nm_model *m) {
 }
 
 void nm_model_backward(nm_model *m) {
+    double t0;
     const nm_config *c = &m->cfg;
     int B = m->B, T = m->T, C = c->d_model, V = c->vocab_size, L = c->n_layers, E = c->n_experts;
     long N = (long)B * T;
@@ -308,14 +323,14 @@ void nm_model_backward(nm_model *m) {
         k.rows = N / k.n;
     }
 
-    TIC(head);
+    t0 = nm_now();
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
     nm_dense_backward_chunked(&k, T, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
     nm_layernorm_backward_chunked(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean,
                                   a->lnf_rstd, C);
-    TOC(head, NM_T_HEAD);
+    nm_timer_lap(&m->timers, NM_T_HEAD, &t0);
 
     nm_block_run run = block_run(m, B, T, o);
     for (int l = L - 1; l >= 0; l--) {
@@ -323,14 +338,14 @@ void nm_model_backward(nm_model *m) {
         nm_block_run_backward(&run, &a->layers[l], &w->layers[l], &g->layers[l], &k, a->dx,
                           m->dprob_scaled + (size_t)l * E);
     }
-    TIC(emb);
+    t0 = nm_now();
     float p = o->training ? (float)c->dropout_rate : 0.0f;
     nm_dropout(a->dx, NC, p, nm_dropout_key((uint64_t)c->seed, o->step, NM_SITE_EMBED), (uint64_t)o->b_offset * T * C);
     int seqs = B / k.n;
     for (int ch = 0; ch < k.n; ch++)
         nm_embedding_backward(nm_chunk_ptr(&k, ch, g->tok_emb), nm_chunk_ptr(&k, ch, g->pos_emb),
                               a->dx + ch * k.rows * C, a->ids + ch * k.rows, seqs, T, C);
-    TOC(emb, NM_T_EMBED);
+    nm_timer_lap(&m->timers, NM_T_EMBED, &t0);
 }
 
 void nm_model_reduce_grads(nm_model *m) {

@@ -2,7 +2,10 @@
 #include "nanomoe/router.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "nanomoe/error.h"
 
 #include "nanomoe/fastmath.h"
 #include "nanomoe/gemm.h"
@@ -67,6 +70,18 @@ double nm_router_aux(const double *psum, const double *top1, double ntok, int E,
         if (dprob) dprob[e] = E * f / ntok;
     }
     return E * aux;
+}
+
+double nm_router_aux_seqs(const double *psum, const double *top1, int nseq, double ntok, int E, double *dprob) {
+    double *ps = nm_calloc((size_t)2 * E, sizeof(double)), *t1 = ps + E;
+    for (int s = 0; s < nseq; s++)
+        for (int e = 0; e < E; e++) {
+            ps[e] += psum[(size_t)s * E + e];
+            t1[e] += top1[(size_t)s * E + e];
+        }
+    double aux = nm_router_aux(ps, t1, ntok, E, dprob);
+    free(ps);
+    return aux;
 }
 
 void nm_router_backward(float *dm, float *dWr, float *dlogits, const float *m, const float *Wr, const float *probs,

@@ -10,8 +10,6 @@
 #include "nanomoe/ops.h"
 #include "nanomoe/rng.h"
 
-#define FALLOC(n) ((float *)nm_malloc(sizeof(float) * (size_t)(n)))
-
 void nm_sampler_init(nm_sampler *s, nm_model *m) {
     memset(s, 0, sizeof *s);
     const nm_config *c = &m->cfg;
@@ -20,21 +18,21 @@ void nm_sampler_init(nm_sampler *s, nm_model *m) {
     s->kcache = nm_calloc((size_t)L, sizeof(float *));
     s->vcache = nm_calloc((size_t)L, sizeof(float *));
     for (int l = 0; l < L; l++) {
-        s->kcache[l] = FALLOC((long)T * C);
-        s->vcache[l] = FALLOC((long)T * C);
+        s->kcache[l] = nm_falloc((long)T * C);
+        s->vcache[l] = nm_falloc((long)T * C);
     }
     s->window = nm_malloc(sizeof(int32_t) * (size_t)T);
-    s->x = FALLOC(C);
-    s->a = FALLOC(C);
-    s->qkv = FALLOC(3 * C);
-    s->att = FALLOC(C);
-    s->tmp = FALLOC(C);
-    s->logits = FALLOC(c->vocab_size);
-    s->scores = FALLOC(T);
-    s->mean = FALLOC(1);
-    s->rstd = FALLOC(1);
+    s->x = nm_falloc(C);
+    s->a = nm_falloc(C);
+    s->qkv = nm_falloc(3 * C);
+    s->att = nm_falloc(C);
+    s->tmp = nm_falloc(C);
+    s->logits = nm_falloc(c->vocab_size);
+    s->scores = nm_falloc(T);
+    s->mean = nm_falloc(1);
+    s->rstd = nm_falloc(1);
     if (m->dispatch.Q != 1) NM_ABORT("the sampler needs every expert on its rank (expert_parallel=1)");
-    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, 0};
+    nm_moe_dims d = {.N = 1, .seq_len = 1, .C = C, .F = c->d_ff, .E = c->n_experts, .K = c->top_k};
     nm_moe_acts_alloc(&s->moe, &d, &m->dispatch);
     nm_moe_scratch_alloc(&s->moe_scratch, &d, &m->dispatch);
 }
@@ -98,7 +96,7 @@ const float *nm_sampler_push(nm_sampler *s, int32_t token) {
     s->window[t] = token;
     const nm_param_view *p = &m->p;
     float eps = (float)c->layer_norm_eps;
-    nm_moe_dims d = {1, 1, C, c->d_ff, c->n_experts, c->top_k, 0};
+    nm_moe_dims d = {.N = 1, .seq_len = 1, .C = C, .F = c->d_ff, .E = c->n_experts, .K = c->top_k};
     nm_embedding_forward(s->x, &token, p->tok_emb, p->pos_emb + (long)t * C, 1, 1, C);
     for (int l = 0; l < c->n_layers; l++) {
         const nm_layer_view *w = &p->layers[l];

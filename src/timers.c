@@ -13,6 +13,12 @@ const char *nm_timer_name(nm_timer_id id) { return NAMES[id]; }
 
 double nm_now(void) { return omp_get_wtime(); }
 
+void nm_timer_lap(nm_timers *t, nm_timer_id id, double *t0) {
+    double now = nm_now();
+    if (t) t->sec[id] += now - *t0;
+    *t0 = now;
+}
+
 void nm_format_duration(double sec, char *buf, size_t n) {
     if (!(sec >= 0) || sec > 1e8) {
         snprintf(buf, n, "?");

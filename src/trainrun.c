@@ -16,8 +16,6 @@
 #include "nanomoe/runstats.h"
 #include "nanomoe/train.h"
 
-int nm_ensure_mpi(void);
-
 /* mkdir -p */
 static int make_dirs(const char *path, nm_error *err) {
     char buf[NM_PATH_MAX];

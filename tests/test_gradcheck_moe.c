@@ -14,13 +14,7 @@ typedef struct {
 } router_ctx;
 
 static double batch_aux(const double *psum, const double *top1, int nseq, int E, double ntok, double *dprob) {
-    double ps[64] = {0}, t1[64] = {0};
-    for (int s = 0; s < nseq; s++)
-        for (int e = 0; e < E; e++) {
-            ps[e] += psum[(size_t)s * E + e];
-            t1[e] += top1[(size_t)s * E + e];
-        }
-    return nm_router_aux(ps, t1, ntok, E, dprob);
+    return nm_router_aux_seqs(psum, top1, nseq, ntok, E, dprob);
 }
 
 static double router_obj(void *p) {

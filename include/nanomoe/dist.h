@@ -47,6 +47,10 @@ void nm_dist_sum(float *buf, size_t n, MPI_Comm comm, int tree, float *scratch);
 /* The same for doubles. */
 void nm_dist_sum_d(double *buf, size_t n, MPI_Comm comm, int tree, double *scratch);
 
+/* Starts a one-process MPI world when MPI is not running yet (for library
+ * users who do not use MPI themselves); 0 on success. */
+int nm_ensure_mpi(void);
+
 /* Is n a power of two (n >= 1)? */
 static inline int nm_is_pow2(long n) { return n > 0 && (n & (n - 1)) == 0; }
 

@@ -25,6 +25,13 @@ _Noreturn void nm_abort_at(const char *file, int line, const char *fmt, ...)
 
 #define NM_ABORT(...) nm_abort_at(__FILE__, __LINE__, __VA_ARGS__)
 
+/* Argument checks of the library API: return the error from a function that
+ * has an `nm_error *err` when cond is false. */
+#define NM_NEED(cond, ...)                             \
+    do {                                               \
+        if (!(cond)) return nm_fail(err, __VA_ARGS__); \
+    } while (0)
+
 /* Checks the return code of an MPI call; aborts all ranks with the MPI error string. */
 void nm_mpi_check(int rc, const char *file, int line, const char *call);
 #define NM_MPI_CHECK(call) nm_mpi_check((call), __FILE__, __LINE__, #call)
@@ -52,6 +59,9 @@ void *nm_malloc_at(size_t bytes, const char *file, int line);
 void *nm_calloc_at(size_t n, size_t size, const char *file, int line);
 #define nm_malloc(bytes) nm_malloc_at((bytes), __FILE__, __LINE__)
 #define nm_calloc(n, size) nm_calloc_at((n), (size), __FILE__, __LINE__)
+/* n floats, uninitialised / zeroed, with the same abort. */
+#define nm_falloc(n) ((float *)nm_malloc(sizeof(float) * (size_t)(n)))
+#define nm_fcalloc(n) ((float *)nm_calloc((size_t)(n), sizeof(float)))
 
 /* This process's rank in MPI_COMM_WORLD (0 before MPI_Init or without MPI). */
 int nm_world_rank(void);

@@ -53,32 +53,33 @@ typedef struct nm_moe_scratch {
     nm_timers *timers;     /* where to add router / permute / expert times (may be NULL) */
 } nm_moe_scratch;
 
-void nm_moe_acts_alloc(nm_moe_acts *a, const nm_moe_dims *d, const nm_dispatch *x);
-void nm_moe_acts_free(nm_moe_acts *a);
-void nm_moe_scratch_alloc(nm_moe_scratch *s, const nm_moe_dims *d, const nm_dispatch *x);
-void nm_moe_scratch_free(nm_moe_scratch *s);
+void nm_moe_acts_alloc(nm_moe_acts *acts, const nm_moe_dims *dims, const nm_dispatch *dispatch);
+void nm_moe_acts_free(nm_moe_acts *acts);
+void nm_moe_scratch_alloc(nm_moe_scratch *scratch, const nm_moe_dims *dims, const nm_dispatch *dispatch);
+void nm_moe_scratch_free(nm_moe_scratch *scratch);
 
 /* Builds the permutation from topi[N, K]: count, offset, and slot[n, k] =
  * offset[e] + (number of earlier tokens routed to e). */
 void nm_moe_plan(int32_t *slot, int32_t *count, int32_t *offset, const int32_t *topi, int N, int K, int E);
 
-/* out[N, C] = sum_k gates[n, k] * expert_{topi[n, k]}(m[n]), the experts
- * running on the ranks of x's group that own them. Collective over the group.
+/* out[N, C] = sum_k gates[n, k] * expert_{topi[n, k]}(inp[n]), the experts
+ * running on the ranks of the dispatch's group that own them. Collective over the group.
  * Router statistics land in a->psum/top1; the aux loss is formed by the
  * caller (it needs statistics from every rank). */
-void nm_moe_forward(float *out, nm_moe_acts *a, const float *m, const nm_layer_view *w, const nm_moe_dims *d,
-                    nm_moe_scratch *s, nm_dispatch *x);
+void nm_moe_forward(float *out, nm_moe_acts *acts, const float *inp, const nm_layer_view *w, const nm_moe_dims *dims,
+                    nm_moe_scratch *scratch, nm_dispatch *dispatch);
 
-/* dm[N, C] += gradient w.r.t. m; router gradient into dWr (+=, NULL to skip,
+/* dinp[N, C] += gradient w.r.t. inp; router gradient into dWr (+=, NULL to skip,
  * for callers that form it per slice with nm_moe_router_weight_grad), local
  * expert gradients into g (+=). dprob[E] = dL/dprobs from the aux loss (scaled
- * by its coefficient). Collective over x's group. */
-void nm_moe_backward(float *dm, float *dWr, const nm_layer_view *g, const float *dout, const nm_moe_acts *a,
-                     const float *m, const nm_layer_view *w, const double *dprob, const nm_moe_dims *d,
-                     nm_moe_scratch *s, nm_dispatch *x);
+ * by its coefficient). Collective over the dispatch's group. */
+void nm_moe_backward(float *dinp, float *dWr, const nm_layer_view *g, const float *dout, const nm_moe_acts *acts,
+                     const float *inp, const nm_layer_view *w, const double *dprob, const nm_moe_dims *dims,
+                     nm_moe_scratch *scratch, nm_dispatch *dispatch);
 
-/* dWr[C, E] += m[rows]^T dlogits[rows] over rows [r0, r0 + n) of the last
- * nm_moe_backward (whose dlogits stay in s). */
-void nm_moe_router_weight_grad(float *dWr, const float *m, const nm_moe_scratch *s, int r0, int n, const nm_moe_dims *d);
+/* dWr[C, E] += inp[rows]^T dlogits[rows] over rows [r0, r0 + n) of the last
+ * nm_moe_backward (whose dlogits stay in scratch). */
+void nm_moe_router_weight_grad(float *dWr, const float *inp, const nm_moe_scratch *scratch, int r0, int n,
+                               const nm_moe_dims *dims);
 
 #endif

@@ -18,6 +18,9 @@ void nm_router_forward(float *probs, int32_t *topi, float *gates, double *psum, 
  * tokens the statistics cover. Writes d aux / d probs[n, e] = E f_e / ntok
  * (the same for every token) to dprob[E] when not NULL. */
 double nm_router_aux(const double *psum, const double *top1, double ntok, int E, double *dprob);
+/* The same over the statistics of nseq sequences taken together (psum, top1
+ * [nseq, E], summed in sequence order). */
+double nm_router_aux_seqs(const double *psum, const double *top1, int nseq, double ntok, int E, double *dprob);
 
 /* Backward through gates (dgates[N, K] = dL/dgates) and the full softmax
  * (dL/dprobs[n, e] = dprob[e], from the aux loss, already scaled by its

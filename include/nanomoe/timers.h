@@ -27,6 +27,9 @@ typedef struct nm_timers {
 
 const char *nm_timer_name(nm_timer_id id);
 double nm_now(void);
+/* Adds the time since *t0 to timer id of t (skipped when t is NULL) and
+ * restarts the clock: consecutive regions are timed by one lap each. */
+void nm_timer_lap(nm_timers *t, nm_timer_id id, double *t0);
 
 /* "7m12s", "1h03m", "42s" ("?" when unknown). */
 void nm_format_duration(double sec, char *buf, size_t n);
