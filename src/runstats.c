@@ -20,6 +20,21 @@
 static const char *METRICS[] = {"loss", "ce", "aux", "lr", "tokens_per_s", "val_loss"};
 #define NMETRICS 6
 
+/* A dataset (chunked when chunk is not NULL), with its intermediate groups. */
+static void create_dataset(nm_h5_try *t, hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *dims,
+                           const hsize_t *maxd, const hsize_t *chunk) {
+    hid_t sp = NM_H5_TRY(t, H5Screate_simple(ndim, dims, maxd));
+    hid_t dcpl = NM_H5_TRY(t, H5Pcreate(H5P_DATASET_CREATE));
+    if (chunk) NM_H5_TRY(t, H5Pset_chunk(dcpl, ndim, chunk));
+    hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
+    NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t d = NM_H5_TRY(t, H5Dcreate2(loc, name, type, sp, lcpl, dcpl, H5P_DEFAULT));
+    if (d >= 0) H5Dclose(d);
+    if (lcpl >= 0) H5Pclose(lcpl);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (sp >= 0) H5Sclose(sp);
+}
+
 /* A dataset with an unlimited first dimension (and, if wide_unlimited, second). */
 static void create_rows(nm_h5_try *t, hid_t loc, const char *name, hid_t type, int ndim, const hsize_t *tail,
                         int wide_unlimited) {
@@ -30,16 +45,7 @@ static void create_rows(nm_h5_try *t, hid_t loc, const char *name, hid_t type, i
         chunk[i] = tail[i - 1] > 0 ? tail[i - 1] : 1;
     }
     if (ndim == 3) chunk[0] = 4; /* [rows, V, E] blocks are large */
-    hid_t sp = NM_H5_TRY(t, H5Screate_simple(ndim, dims, maxd));
-    hid_t dcpl = NM_H5_TRY(t, H5Pcreate(H5P_DATASET_CREATE));
-    NM_H5_TRY(t, H5Pset_chunk(dcpl, ndim, chunk));
-    hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
-    NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
-    hid_t d = NM_H5_TRY(t, H5Dcreate2(loc, name, type, sp, lcpl, dcpl, H5P_DEFAULT));
-    if (d >= 0) H5Dclose(d);
-    if (lcpl >= 0) H5Pclose(lcpl);
-    if (dcpl >= 0) H5Pclose(dcpl);
-    if (sp >= 0) H5Sclose(sp);
+    create_dataset(t, loc, name, type, ndim, dims, maxd, chunk);
 }
 
 /* One collective write of rank 0's selection (the other ranks select nothing);
@@ -145,13 +151,7 @@ static void create_file_layout(nm_h5_try *t, hid_t f, const nm_run_stats *rs, co
         }
         /* cumulative first choices per vocabulary id: rewritten at every row */
         block_name(nm, sizeof nm, l, "token_expert");
-        hid_t s2 = NM_H5_TRY(t, H5Screate_simple(2, VE, NULL));
-        hid_t lcpl = NM_H5_TRY(t, H5Pcreate(H5P_LINK_CREATE));
-        NM_H5_TRY(t, H5Pset_create_intermediate_group(lcpl, 1));
-        hid_t dd = NM_H5_TRY(t, H5Dcreate2(f, nm, H5T_STD_I64LE, s2, lcpl, H5P_DEFAULT, H5P_DEFAULT));
-        if (dd >= 0) H5Dclose(dd);
-        if (lcpl >= 0) H5Pclose(lcpl);
-        if (s2 >= 0) H5Sclose(s2);
+        create_dataset(t, f, nm, H5T_STD_I64LE, 2, VE, NULL, NULL);
     }
 }
 
