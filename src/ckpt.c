@@ -107,7 +107,12 @@ static void write_file(nm_h5_try *t, const char *tmp, const nm_model *m, const n
     if (lcpl >= 0) H5Pclose(lcpl);
     if (fapl >= 0) H5Pclose(fapl);
     if (file >= 0) { /* the last data reach the disk here */
-        if (t->failed) H5Fclose(file);
+        if (t->failed) {
+            /* the file is dropped: give back its space first, or a full disk
+             * also fails the close and leaves HDF5 holding a broken file */
+            if (truncate(tmp, 0) != 0) errno = 0; /* then the close may fail too: nothing more to do */
+            H5Fclose(file);
+        }
         else NM_H5_TRY(t, H5Fclose(file));
     }
 }

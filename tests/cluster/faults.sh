@@ -49,11 +49,14 @@ nmh2_clean() {
   [ -z "$left" ] || bad "nmh2's view not restored: still mounted: $left"
 }
 
+# sums: the checksums of the files of the run the faults are tried on
+sums() { (cd "$run" && md5sum -- *); }
+
 # fault NAME PATTERN NANOMOE-ARGS...: `nanomoe ARGS` on 2 hosts x 2 ranks must
-# fail within 60 s (killed otherwise: a hang) with one error line matching
-# PATTERN (grep -E)
+# fail within 30 s (killed after 60 s: a hang) with one error line matching
+# PATTERN (grep -E), and leave the files of $run as they were
 fault() {
-  local name=$1 pattern=$2 t0 rc dt msg
+  local name=$1 pattern=$2 t0 rc dt msg changed rows
   shift 2
   t0=$(now)
   launch "$work/$name.log" 60 --host "$hosts" -n 4 "$bin" "$@"
@@ -63,8 +66,13 @@ fault() {
   msg=$(grep -m1 "^nanomoe: error:" "$work/$name.log")
   if grep -Eq -- "$pattern" <<<"$msg"; then ok "$name: ends in $dt s, exit $rc: ${msg#nanomoe: error: }"
   else bad "$name: after $dt s, exit $rc, message '$msg' (expected '$pattern'); log: $(tail -5 "$work/$name.log" | paste -sd'|')"; fi
+  awk -v t="$dt" 'BEGIN { exit !(t > 30) }' && bad "$name: took $dt s (more than 30)"
   [ "$(grep -c "nanomoe: error:" "$work/$name.log")" -le 1 ] ||
     bad "$name: more than one error line: $(grep "nanomoe: error:" "$work/$name.log" | paste -sd'|')"
+  changed=$(diff <(echo "$run_sums") <(sums) | awk '$1 == ">" { print $3 }' | paste -sd' ')
+  rows=$(grep -c "^train," "$run/metrics.csv")
+  [ -z "$changed" ] || bad "$name: the failed job changed $run: $changed (metrics.csv: $run_rows rows before, $rows after)"
+  run_sums=$(sums) run_rows=$rows # the next case reports its own changes only
 }
 
 got=$(launch "$work/hostname.log" 60 --host "$hosts" -n 4 hostname && sort "$work/hostname.log" | uniq -c | awk '{ printf "%s%s x%d", sep, $2, $1; sep = ", " }')
@@ -77,6 +85,7 @@ run=$work/run other=$work/other ck=$work/run/ckpt_00000010.h5
   "$bin" train "$cfg" "${common[@]}" out_dir="$other" seed=3 max_iters=10 >>"$work/base.log" 2>&1 ||
   { cat "$work/base.log"; bad "base runs failed"; exit 1; }
 resume=(train "$cfg" "${common[@]}" out_dir="$run" max_iters=15)
+run_sums=$(sums) run_rows=$(grep -c "^train," "$run/metrics.csv")
 on2='ranks 2, 3 on nmh2: '
 
 # 1. resume=PATH: the checkpoint is missing on nmh2 (its directory hidden)
@@ -126,18 +135,24 @@ host_restore nmh2 "$ck"
 nmh2_clean
 
 # 6. the checkpoint is the same, but nmh2 sees another run's run.h5
+# (resume=auto continues from the newest checkpoint, resume=PATH here from an
+# older one)
 host_replace nmh2 "$run/run.h5" "$other/run.h5"
 fault runh5 "^nanomoe: error: ${on2}'$run/run.h5' as read here differs from rank 0's: " "${resume[@]}" resume=auto
+fault runh5_older "^nanomoe: error: ${on2}'$run/run.h5' as read here differs from rank 0's: " \
+  "${resume[@]}" resume="$run/ckpt_00000005.h5"
 host_restore nmh2 "$run/run.h5"
 nmh2_clean
 
-# 7. the data differ slightly on nmh2 (one letter: same length and
-# vocabulary, another content), or are missing there
-sed '0,/king/s//kong/' "$text" >"$work/text2.txt"
+# 7. the data differ slightly on nmh2 (one letter of the last line, in the
+# validation split: same length and vocabulary, another content), for
+# training and for eval (which reads the checkpoint's data), or are missing
+tac "$text" | sed '0,/king/s//kong/' | tac >"$work/text2.txt"
 cmp -s "$text" "$work/text2.txt" && bad "text2.txt equals text.txt"
 host_replace nmh2 "$text" "$work/text2.txt"
 fault data_differs "^nanomoe: error: ${on2}data '$text' as read here differs from rank 0's: content hash=[0-9a-f]+ here, content hash=[0-9a-f]+ on rank 0" \
   train "$cfg" "${common[@]}" out_dir="$work/new_data" max_iters=5
+fault eval_data_differs "^nanomoe: error: ${on2}data '$text' as read here differs from rank 0's" eval "$ck"
 host_restore nmh2 "$text"
 host_hide nmh2 "$work/data"
 fault data_missing "^nanomoe: error: ${on2}data: cannot read '$text': No such file or directory" \
@@ -196,9 +211,10 @@ else
     max_iters=$((step + 3)) ckpt_interval=5 resume=auto
   rc=$? dt=$(since "$t0")
   final=$(printf '%s/ckpt_%08d.h5' "$loss" $((step + 3)))
-  [ $rc -eq 0 ] && grep -q "^resuming from $loss/$newest at step $step\$" "$work/survivor.log" && [ -s "$final" ] &&
-    ok "node loss: nmh1 alone resumes from $newest at step $step (temporary files then: ${tmps:-none}) and writes ckpt $((step + 3)) in $dt s" ||
-    bad "node loss: resume on nmh1 (newest $newest${tmps:+, also $tmps}): exit $rc after $dt s; log: $(grep -E 'resuming|error|checkpoint' "$work/survivor.log" | paste -sd'|')"
+  stale=$(ls "$loss" | grep "\.tmp$" | paste -sd' ')
+  [ $rc -eq 0 ] && grep -q "^resuming from $loss/$newest at step $step\$" "$work/survivor.log" && [ -s "$final" ] && [ -z "$stale" ] &&
+    ok "node loss: nmh1 alone resumes from $newest at step $step (temporary files then: ${tmps:-none}, removed) and writes ckpt $((step + 3)) in $dt s" ||
+    bad "node loss: resume on nmh1 (newest $newest${tmps:+, also $tmps}): exit $rc after $dt s, temporary files left: ${stale:-none}; log: $(grep -E 'resuming|error|checkpoint' "$work/survivor.log" | paste -sd'|')"
 fi
 
 cluster_down && left=$(cluster_leftovers "$ids") && [ -z "$left" ] && [ ! -e "$state" ] &&
