@@ -48,8 +48,8 @@ static const nm_config_key KEYS[] = {
     {"log_interval", "run", NM_KEY_INT, OFF(log_interval), SZ(log_interval), 1, 2000000000, 0, 1, "progress line every N steps"},
     {"ckpt_interval", "run", NM_KEY_INT, OFF(ckpt_interval), SZ(ckpt_interval), 0, 2000000000, 0, 1, "checkpoint every N steps (0 = only at the end)"},
     {"stats_interval", "run", NM_KEY_INT, OFF(stats_interval), SZ(stats_interval), 1, 2000000000, 0, 1, "append a row of metrics and routing statistics to out_dir/run.h5 every N steps"},
-    {"keep_last", "run", NM_KEY_INT, OFF(keep_last), SZ(keep_last), 0, 2000000000, 0, 1, "keep only the newest N checkpoints in out_dir (0 = keep all)"},
-    {"resume", "run", NM_KEY_STRING, OFF(resume), SZ(resume), 0, 0, 0, 1, "auto (newest valid checkpoint in out_dir, else a new run) or a checkpoint path; empty = new run"},
+    {"keep_last", "run", NM_KEY_INT, OFF(keep_last), SZ(keep_last), 0, 2000000000, 0, 1, "keep only the newest N checkpoints of the run in out_dir (0 = keep all)"},
+    {"resume", "run", NM_KEY_STRING, OFF(resume), SZ(resume), 0, 0, 0, 1, "auto (the most recently started run in out_dir, from its newest valid checkpoint; else a new run) or a checkpoint path (continues its run); empty = new run"},
 };
 #define NKEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 
