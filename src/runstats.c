@@ -308,8 +308,9 @@ int nm_run_stats_open(nm_run_stats *rs, const char *path, const nm_model *m, con
         file_state st;
         int ok = read_state(path, resume_step, &st, err) == 0;
         char state[512];
-        snprintf(state, sizeof state, "n_layers=%g\nn_experts=%g\nvocab_size=%g\nrows=%ld\nrun_id=%s\n", st.L, st.E,
-                 st.V, st.rows, st.run_id);
+        /* the run first: another run's file is the likeliest difference */
+        snprintf(state, sizeof state, "run_id=%s\nn_layers=%g\nn_experts=%g\nvocab_size=%g\nrows=%ld\n", st.run_id,
+                 st.L, st.E, st.V, st.rows);
         char what[NM_PATH_MAX + 32];
         snprintf(what, sizeof what, "'%s' as read here", path);
         if (!nm_agree_same(m->comm, ok, what, state, err)) {

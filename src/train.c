@@ -5,8 +5,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nanomoe/agree.h"
 #include "nanomoe/ckpt.h"
 #include "nanomoe/error.h"
+
+int nm_dataset_load_agreed(nm_dataset *d, const char *path, const nm_vocab *vocab, MPI_Comm comm, nm_error *err) {
+    int loaded = nm_dataset_load(d, path, vocab, err) == 0;
+    char id[256] = "", what[NM_PATH_MAX + 32];
+    if (loaded)
+        snprintf(id, sizeof id, "bytes=%zu\nvocabulary=%d characters\ncontent hash=%016llx\n", d->n_tokens,
+                 d->vocab.size, (unsigned long long)d->hash);
+    snprintf(what, sizeof what, "data '%s' as read here", path);
+    if (nm_agree_same(comm, loaded, what, id, err)) return 0;
+    if (loaded) nm_dataset_free(d);
+    return -1;
+}
 
 int nm_trainer_init(nm_trainer *t, const nm_config *cfg, const nm_dataset *data, MPI_Comm comm, nm_error *err) {
     memset(t, 0, sizeof *t);

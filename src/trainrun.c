@@ -63,16 +63,7 @@ static int prepare(int force, nm_config *cfg, nm_dataset *data, nm_error *err) {
     free(text);
     if (!ok) return -1;
     /* every rank reads the data: a node may lack it or hold another copy */
-    int loaded = nm_dataset_load(data, cfg->data, NULL, err) == 0;
-    char id[256] = "", what[NM_PATH_MAX + 32];
-    if (loaded)
-        snprintf(id, sizeof id, "bytes=%zu\nvocabulary=%d characters\ncontent hash=%016llx\n", data->n_tokens,
-                 data->vocab.size, (unsigned long long)data->hash);
-    snprintf(what, sizeof what, "data '%s' as read here", cfg->data);
-    if (!nm_agree_same(MPI_COMM_WORLD, loaded, what, id, err)) {
-        if (loaded) nm_dataset_free(data);
-        return -1;
-    }
+    if (nm_dataset_load_agreed(data, cfg->data, NULL, MPI_COMM_WORLD, err) != 0) return -1;
     ok = nm_dataset_check_windows(data, cfg->block_size, cfg->data, err) == 0;
     cfg->vocab_size = data->vocab.size;
     if (ok && nm_world_rank() == 0 && make_dirs(cfg->out_dir, err) != 0) ok = 0;
@@ -270,16 +261,22 @@ int nm_train_run(const nm_config *cfg_in, const nm_run_options *opt, nm_error *e
     }
     nm_log0("run id %s\n", t.run_id);
 
-    FILE *metrics = NULL;
-    int ok = 1;
-    if (nm_world_rank() == 0 && !(metrics = open_metrics(&cfg, from[0] ? start : -1, err))) ok = 0;
+    /* run.h5 first: its checks are the last that can refuse the start, and
+     * a refused start must leave config.ini and metrics.csv as they were */
     nm_run_stats rs;
     char runpath[NM_PATH_MAX + 16];
     snprintf(runpath, sizeof runpath, "%s/run.h5", cfg.out_dir);
-    if (!nm_agree(MPI_COMM_WORLD, ok, err) ||
-        nm_run_stats_open(&rs, runpath, &t.model, &data.vocab, cfg.stats_interval, from[0] ? start : -1, t.run_id,
+    if (nm_run_stats_open(&rs, runpath, &t.model, &data.vocab, cfg.stats_interval, from[0] ? start : -1, t.run_id,
                           from_id, err) != 0) {
-        if (metrics) fclose(metrics);
+        nm_trainer_free(&t);
+        nm_dataset_free(&data);
+        return -1;
+    }
+    FILE *metrics = NULL;
+    int ok = 1;
+    if (nm_world_rank() == 0 && !(metrics = open_metrics(&cfg, from[0] ? start : -1, err))) ok = 0;
+    if (!nm_agree(MPI_COMM_WORLD, ok, err)) {
+        nm_run_stats_close(&rs);
         nm_trainer_free(&t);
         nm_dataset_free(&data);
         return -1;

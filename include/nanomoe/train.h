@@ -27,6 +27,12 @@ typedef struct nm_trainer {
 } nm_trainer;
 
 
+/* Loads the data on every rank of comm (nm_dataset_load) and checks that every
+ * rank read rank 0's (length, vocabulary, a hash of the bytes): a node with
+ * another copy of the file is an error naming it. Collective; on failure
+ * nothing is left allocated. */
+int nm_dataset_load_agreed(nm_dataset *d, const char *path, const nm_vocab *vocab, MPI_Comm comm, nm_error *err);
+
 /* Creates model and optimiser for cfg over data (cfg->vocab_size must match
  * the data's vocabulary; data may be NULL for steps on given batches only).
  * Collective over comm. */

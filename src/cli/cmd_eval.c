@@ -56,9 +56,7 @@ int cmd_eval(int argc, char **argv) {
         return cli_error(&err);
     nm_dataset data;
     if (!data_path) data_path = m.cfg.data;
-    int loaded = nm_dataset_load(&data, data_path, &vocab, &err) == 0;
-    if (!nm_agree(MPI_COMM_WORLD, loaded, &err)) {
-        if (loaded) nm_dataset_free(&data);
+    if (nm_dataset_load_agreed(&data, data_path, &vocab, MPI_COMM_WORLD, &err) != 0) {
         nm_model_free(&m);
         return cli_error(&err);
     }

@@ -61,7 +61,14 @@ fault() {
   t0=$(now)
   launch "$work/$name.log" 60 --host "$hosts" -n 4 "$bin" "$@"
   rc=$? dt=$(since "$t0")
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then bad "$name: hung (killed after $dt s); log: $(tail -5 "$work/$name.log" | paste -sd'|')"; return; fi
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    bad "$name: hung (killed after $dt s); log: $(tail -5 "$work/$name.log" | paste -sd'|')"
+    # timeout has killed the bash between it and mpirun: what is left of the
+    # job must not reach into the next case
+    host_kill_all nmh1
+    host_kill_all nmh2
+    return
+  fi
   if [ $rc -eq 0 ]; then bad "$name: exited 0 after $dt s; log: $(tail -3 "$work/$name.log" | paste -sd'|')"; return; fi
   msg=$(grep -m1 "^nanomoe: error:" "$work/$name.log")
   if grep -Eq -- "$pattern" <<<"$msg"; then ok "$name: ends in $dt s, exit $rc: ${msg#nanomoe: error: }"
@@ -185,6 +192,8 @@ done
 n=$(find "$loss" -name 'ckpt_*.h5' 2>/dev/null | wc -l)
 if [ "$n" -lt 2 ]; then
   bad "node loss: training wrote only $n checkpoints in $(since "$t0") s; log: $(tail -5 "$work/loss.log" | paste -sd'|')"
+  kill -TERM $job 2>/dev/null
+  wait $job
 else
   t1=$(now)
   host_kill_all nmh2
@@ -192,6 +201,7 @@ else
   if kill -0 $job 2>/dev/null; then
     bad "node loss: the job on nmh1 still runs $(since "$t1") s after nmh2 went down; log: $(tail -5 "$work/loss.log" | paste -sd'|')"
     kill -TERM $job
+    host_kill_all nmh1
   fi
   wait $job
   rc=$? dt=$(since "$t1")
@@ -213,7 +223,7 @@ else
   final=$(printf '%s/ckpt_%08d.h5' "$loss" $((step + 3)))
   stale=$(ls "$loss" | grep "\.tmp$" | paste -sd' ')
   [ $rc -eq 0 ] && grep -q "^resuming from $loss/$newest at step $step\$" "$work/survivor.log" && [ -s "$final" ] && [ -z "$stale" ] &&
-    ok "node loss: nmh1 alone resumes from $newest at step $step (temporary files then: ${tmps:-none}, removed) and writes ckpt $((step + 3)) in $dt s" ||
+    ok "node loss: nmh1 alone resumes from $newest at step $step (${tmps:+the kill left $tmps, ignored and removed; }log: resuming from $loss/$newest at step $step) and writes ckpt $((step + 3)) in $dt s" ||
     bad "node loss: resume on nmh1 (newest $newest${tmps:+, also $tmps}): exit $rc after $dt s, temporary files left: ${stale:-none}; log: $(grep -E 'resuming|error|checkpoint' "$work/survivor.log" | paste -sd'|')"
 fi
 
