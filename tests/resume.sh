@@ -186,6 +186,8 @@ a=$(runid idA/ckpt_00000010.h5) b=$(runid idB/ckpt_00000004.h5)
 [[ $a =~ ^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{16}$ && $b > $a ]] && ok "checkpoints carry run ids that sort by start time ($a < $b)" \
   || bad "run ids '$a', '$b'"
 [ "$(runid idA/run.h5)" = "$a" ] && ok "run.h5 carries the run id" || bad "run.h5 run id '$(runid idA/run.h5)'"
+"$bin" inspect idA/ckpt_00000010.h5 | grep -q "run id $a" && "$bin" inspect idA/run.h5 | grep -q "run id $a" \
+  && ok "inspect shows the run id of a checkpoint and of run.h5" || bad "inspect does not show the run id"
 cp idB/ckpt_00000002.h5 idB/ckpt_00000004.h5 idA/ # run B's files (lower steps, newer run) next to run A's
 train 1 idA max_iters=6 ckpt_interval=2 keep_last=1 seed=77 resume=auto \
   && grep -q "resuming from .*idA/ckpt_00000004.h5 at step 4" idA.log \

@@ -41,6 +41,7 @@ static int inspect_ckpt(const char *path) {
     printf("checkpoint %s\n", path);
     printf("  format %s, version %d, step %lld, tokens_seen %lld\n", NM_CKPT_FORMAT, NM_CKPT_VERSION,
            (long long)meta.step, (long long)meta.tokens_seen);
+    printf("  run id %s\n", meta.run_id[0] ? meta.run_id : "(none: written before run ids, or by nm_model_save)");
     printf("  config:");
     int col = 10;
     for (int i = 0; i < nm_config_nkeys(); i++) {
@@ -146,7 +147,10 @@ static int inspect_run(const char *path, hid_t f) {
         return cli_errorf("run file '%s': missing /routing/step or the n_layers / n_experts attributes", path);
     }
     long N = (long)dims[0];
+    char id[NM_RUN_ID_MAX] = "";
+    nm_h5_attr_string(f, "run_id", id, sizeof id);
     printf("run %s\n", path);
+    printf("  run id %s\n", id[0] ? id : "(none: written before run ids)");
     printf("  %lld layers, %lld experts, vocabulary %lld, a row every %lld steps\n", (long long)L, (long long)E,
            (long long)V, (long long)interval);
     if (N == 0) {

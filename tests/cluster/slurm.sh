@@ -97,16 +97,20 @@ got=$(host_run nmh2 timeout 60 srun -N 2 --ntasks-per-node=2 hostname 2>"$work/h
 # job_field JID FIELD: FIELD=... of `scontrol show job`
 job_field() { s scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # wait_job JID SECONDS: until JID has ended; echo its state. Slurm holds a
-# requeued job for about two minutes (BeginTime): release it at once.
+# requeued job for cred_expire + 1 s (121 s by default, its BeginTime): release
+# it, but not in the second of the requeue: the slurmds revoked the job's
+# credentials then, and refuse any credential of the job not created after
+# that second ("Killing non-startable batch JobId=N: Job credential revoked").
 wait_job() {
-  local end=$((SECONDS + $2)) st info
+  local end=$((SECONDS + $2)) st info seen=""
   while :; do
     info=$(s scontrol -o show job "$1" 2>/dev/null)
     st=$(echo "$info" | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
     case "$st" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | PREEMPTED | BOOT_FAIL | DEADLINE) break ;; esac
     [ $SECONDS -lt $end ] || break
     if [ "$st" = PENDING ] && echo "$info" | grep -q "Restarts=[1-9]"; then
-      s scontrol update JobId="$1" StartTime=now 2>/dev/null
+      [ -n "$seen" ] || seen=$(date +%s)
+      [ "$(date +%s)" -lt $((seen + 2)) ] || s scontrol update JobId="$1" StartTime=now 2>/dev/null
     fi
     sleep 0.25
   done
@@ -151,10 +155,10 @@ for i in $(seq 300); do [ -s "$work/run2/metrics.csv" ] && [ "$(wc -l <"$work/ru
 # PMIx rank, its parent (slurmstepd: started by srun, not by an orted)
 uts1=$(readlink /proc/"$(host_pid nmh1)"/ns/uts) uts2=$(readlink /proc/"$(host_pid nmh2)"/ns/uts)
 ranks=$(for p in $(pgrep -x nanomoe); do
-  u=$(readlink /proc/$p/ns/uts) || continue
+  u=$(readlink /proc/"$p"/ns/uts) || continue
   case $u in "$uts1") h=nmh1 ;; "$uts2") h=nmh2 ;; *) continue ;; esac
-  env=$(tr '\0' '\n' </proc/$p/environ 2>/dev/null)
-  echo "$h task $(echo "$env" | sed -n 's/^SLURM_PROCID=//p') pmix $(echo "$env" | sed -n 's/^PMIX_RANK=//p') $(cat /proc/"$(awk '{ print $4 }' /proc/$p/stat)"/comm)"
+  env=$(tr '\0' '\n' </proc/"$p"/environ 2>/dev/null)
+  echo "$h task $(echo "$env" | sed -n 's/^SLURM_PROCID=//p') pmix $(echo "$env" | sed -n 's/^PMIX_RANK=//p') $(cat /proc/"$(awk '{ print $4 }' /proc/"$p"/stat)"/comm)"
 done | sort -k3n | paste -sd,)
 [ "$ranks" = "nmh1 task 0 pmix 0 slurmstepd,nmh1 task 1 pmix 1 slurmstepd,nmh2 task 2 pmix 2 slurmstepd,nmh2 task 3 pmix 3 slurmstepd" ] &&
   ok "job 2 runs ranks 0,1 on nmh1 and 2,3 on nmh2, started by slurmstepd with PMIx ranks" || bad "job 2's ranks: '$ranks'"
