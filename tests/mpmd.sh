@@ -45,7 +45,7 @@ fault config "rank 1 on .*: the configuration differs from rank 0's: d_model=48 
   -- train "$cfg" "${common[@]}" max_iters=5 -- train "$cfg" "${common[@]}" max_iters=5 d_model=48
 fault badvalue "rank 1 on .*: config: d_model=abc is not an integer" \
   -- train "$cfg" "${common[@]}" -- train "$cfg" "${common[@]}" d_model=abc
-fault options "rank 1 on .*: the options differs from rank 0's: --force=1 here, --force=0 on rank 0" \
+fault options "rank 1 on .*: the set of flags differs from rank 0's: --force=1 here, --force=0 on rank 0" \
   -- train "$cfg" "${common[@]}" -- train "$cfg" "${common[@]}" --force
 fault command "rank 1 on .*: the command differs from rank 0's: eval here, train on rank 0" \
   -- train "$cfg" "${common[@]}" -- eval run/ckpt_00000010.h5

@@ -55,7 +55,7 @@ int cmd_train(int argc, char **argv) {
      * configuration itself is compared with rank 0's by nm_train_run */
     char flags[64];
     snprintf(flags, sizeof flags, "--force=%d\n--help=%d\n", force, want_help);
-    if (!nm_agree_same(MPI_COMM_WORLD, ok, "the options", flags, &err)) return cli_error(&err);
+    if (!nm_agree_same(MPI_COMM_WORLD, ok, "the set of flags", flags, &err)) return cli_error(&err);
     if (want_help) {
         if (nm_world_rank() == 0) help();
         return 0;

@@ -24,6 +24,10 @@ case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
 case $repo in /*) ;; *) repo=$PWD/$repo ;; esac
 
 nm_test_workdir
+# every rank of every job runs this copy: a rebuild of NANOMOE during the test
+# cannot give the ranks of a job different binaries
+cp "$bin" "$work/nanomoe" || { bad "cannot copy $bin"; exit 1; }
+bin=$work/nanomoe
 # nothing of an enclosing Slurm job or of the caller's Slurm defaults
 unset $(env | grep -o '^\(SLURM\|SBATCH\|SRUN\|SALLOC\)_[A-Za-z0-9_]*') NANOMOE_LAUNCHER
 nm_test_text "$work/text.txt" 11
@@ -150,7 +154,8 @@ t0=$SECONDS
 max=600
 jid2=$(s sbatch --parsable -N 2 --ntasks-per-node=2 --cpus-per-task=1 --output="$work/job2.out" slurm/train.sbatch configs/tiny.ini \
   data="$work/text.txt" out_dir="$work/run2" max_iters=$max eval_interval=300 stats_interval=50 log_interval=100 2>"$work/sbatch2.err")
-for i in $(seq 300); do [ -s "$work/run2/metrics.csv" ] && [ "$(wc -l <"$work/run2/metrics.csv")" -ge 3 ] && break; sleep 0.1; done
+end=$((SECONDS + 60))
+until [ -s "$work/run2/metrics.csv" ] && [ "$(wc -l <"$work/run2/metrics.csv")" -ge 3 ] || [ $SECONDS -ge $end ]; do sleep 0.1; done
 # the running ranks: which host (UTS namespace) each is in, its Slurm and
 # PMIx rank, its parent (slurmstepd: started by srun, not by an orted)
 uts1=$(readlink /proc/"$(host_pid nmh1)"/ns/uts) uts2=$(readlink /proc/"$(host_pid nmh2)"/ns/uts)
