@@ -87,7 +87,12 @@ for i in $(seq 600); do
   info=$(scontrol show job "$jid" 2>/dev/null)
   state=$(echo "$info" | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
   # Slurm holds a requeued job for about two minutes (BeginTime): let it start now
-  if [ "$state" = PENDING ] && echo "$info" | grep -q "Restarts=[1-9]"; then scontrol update JobId="$jid" StartTime=now 2>/dev/null; fi
+  # release the requeued job, but not in the second of the requeue: slurmd
+  # refuses credentials of that second ("Job credential revoked")
+  if [ "$state" = PENDING ] && echo "$info" | grep -q "Restarts=[1-9]"; then
+    [ -n "${seen:-}" ] || seen=$(date +%s)
+    [ "$(date +%s)" -lt $((seen + 2)) ] || scontrol update JobId="$jid" StartTime=now 2>/dev/null
+  fi
   case "$state" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY) break ;; esac
   sleep 0.5
 done

@@ -120,6 +120,9 @@ wait_job() {
   done
   echo "${st:-unknown}"
 }
+# inspect FILE: `nanomoe inspect` on nmh1 (the OMPI_MCA_*_if_include above
+# name a subnet that exists only in the hosts)
+inspect() { host_run nmh1 "$bin" inspect "$@" 2>&1; }
 # ckpt DIR STEP: the checkpoint's path
 ckpt() { printf '%s/ckpt_%08d.h5' "$1" "$2"; }
 # launches JID: the slurmds that launched step JID.0, e.g. "nmh1 nmh2"
@@ -146,7 +149,7 @@ grep -q "^ranks: 4 x 1 thread" "$work/job1.out" && ok "job 1: the trainer saw 4 
 rx=$((rx1 - rx0)) tx=$((tx1 - tx0))
 [ $rx -gt 2000000 ] && [ $tx -gt 2000000 ] && ok "job 1: nmh2's eth0 carried the training: $((rx / 1000000)) MB in, $((tx / 1000000)) MB out" ||
   bad "job 1: nmh2's eth0 only $rx bytes in, $tx out"
-out=$("$bin" inspect "$(ckpt "$work/run1" 40)" 2>&1) && echo "$out" | grep -q "schema: ok" &&
+out=$(inspect "$(ckpt "$work/run1" 40)") && echo "$out" | grep -q "schema: ok" &&
   ok "job 1 wrote a valid final checkpoint at step 40" || bad "job 1 checkpoint: $out"
 
 # ---- job 2: USR1 mid-run -> checkpoint, exit 0, requeue, resume on 2 nodes, finish
@@ -170,7 +173,7 @@ done | sort -k3n | paste -sd,)
 s scancel --batch --signal=USR1 "$jid2"
 st=$( [ -n "$jid2" ] && wait_job "$jid2" 120)
 step=$(grep -o 'stopping after step [0-9]* on SIGUSR1' "$work/job2.out" | grep -o '[0-9]\+' | head -1)
-[ -n "$step" ] && [ "$step" -lt $max ] && out=$("$bin" inspect "$(ckpt "$work/run2" "$step")" 2>&1) && echo "$out" | grep -q "schema: ok" &&
+[ -n "$step" ] && [ "$step" -lt $max ] && out=$(inspect "$(ckpt "$work/run2" "$step")") && echo "$out" | grep -q "schema: ok" &&
   ok "job 2: USR1 stopped the trainer after step $step with a valid checkpoint" || bad "job 2: no stop on USR1: $(head -c 2000 "$work/job2.out")"
 grep -q "trainer exited with status 0 after SIGUSR1" "$work/job2.out" && grep -q "requeueing job $jid2" "$work/job2.out" &&
   ok "job 2: the trainer exited 0 and the script requeued the job" || bad "job 2: no requeue"
@@ -182,7 +185,7 @@ nodelist=$(echo "$head2" | sed -n 's/.* on \([^ ]*\): .*/\1/p')
   ok "job 2: the requeued run had 4 ranks on $nodelist again (srun --mpi=pmix)" || bad "job 2: requeued run: '$head2'"
 grep -q "resuming from .*$(basename "$(ckpt . "${step:-0}")") at step ${step:-0}\$" "$work/job2.out" &&
   ok "job 2: the requeued run resumed from step $step" || bad "job 2: no resume: $(grep -m2 'resum' "$work/job2.out" | paste -sd' ')"
-[ "$st" = COMPLETED ] && [ "$(job_field "$jid2" ExitCode)" = 0:0 ] && out=$("$bin" inspect "$(ckpt "$work/run2" $max)" 2>&1) && echo "$out" | grep -q "schema: ok" &&
+[ "$st" = COMPLETED ] && [ "$(job_field "$jid2" ExitCode)" = 0:0 ] && out=$(inspect "$(ckpt "$work/run2" $max)") && echo "$out" | grep -q "schema: ok" &&
   ok "job 2: finished all $max steps, COMPLETED, exit 0 ($((SECONDS - t0)) s)" ||
   bad "job 2: state ${st:-?} exit $(job_field "$jid2" ExitCode), files $(ls "$work/run2" | paste -sd' '): $(tail -n 5 "$work/job2.out")"
 
