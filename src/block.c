@@ -8,10 +8,10 @@
 #include "nanomoe/error.h"
 #include "nanomoe/ops.h"
 
-void nm_dense_backward_chunked(const nm_grad_chunks *k, int T, float *dinp, const float *gW, const float *gb,
+void nm_dense_backward_chunked(const nm_grad_chunks *k, int rb, float *dinp, const float *gW, const float *gb,
                                const float *dout, const float *inp, const float *W, int Din, int Dout) {
     long N = k->n * k->rows;
-    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)(N / T), T, Din, Dout);
+    if (dinp) nm_dense_backward(dinp, NULL, NULL, dout, inp, W, (int)(N / rb), rb, Din, Dout);
     for (int ch = 0; ch < k->n; ch++) {
         long r0 = ch * k->rows;
         nm_dense_backward(NULL, nm_chunk_ptr(k, ch, gW), gb ? nm_chunk_ptr(k, ch, gb) : NULL, dout + r0 * Dout,
@@ -93,14 +93,15 @@ void nm_block_run_forward(const nm_block_run *r, nm_layer_acts *a, const nm_laye
     nm_layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->x, w->ln1_s, w->ln1_b, N, C, r->eps);
     nm_timer_lap(r->timers, NM_T_LAYERNORM, &t0);
     t0 = nm_now();
-    nm_dense_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, B, T, C, 3 * C);
+    int rb = r->block_rows > 0 ? r->block_rows : T;
+    nm_dense_forward(a->qkv, a->ln1, w->qkv_w, w->qkv_b, N / rb, rb, C, 3 * C);
     nm_timer_lap(r->timers, NM_T_ATTN_PROJ, &t0);
     t0 = nm_now();
     nm_attn_dropout ad = {r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_W(l)), r->b_offset};
     nm_attention_forward(a->att, a->probs, a->qkv, B, T, C, H, &ad, s->attn);
     nm_timer_lap(r->timers, NM_T_ATTN_CORE, &t0);
     t0 = nm_now();
-    nm_dense_forward(s->tmp, a->att, w->out_w, w->out_b, B, T, C, C);
+    nm_dense_forward(s->tmp, a->att, w->out_w, w->out_b, N / rb, rb, C, C);
     nm_timer_lap(r->timers, NM_T_ATTN_PROJ, &t0);
     t0 = nm_now();
     nm_dropout(s->tmp, NC, r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_OUT(l)), base_nc);
@@ -118,6 +119,7 @@ void nm_block_run_forward(const nm_block_run *r, nm_layer_acts *a, const nm_laye
 
 void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_layer_view *w, const nm_layer_view *g,
                        const nm_grad_chunks *k, float *dx, const double *dprob) {
+    int rb = r->block_rows > 0 ? r->block_rows : r->T;
     double t0;
     int B = r->B, T = r->T, C = r->C, H = r->H, l = r->layer;
     size_t NC = (size_t)B * T * C;
@@ -145,7 +147,7 @@ void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_lay
     nm_timer_lap(r->timers, NM_T_RESIDUAL, &t0);
     t0 = nm_now();
     memset(s->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(k, T, s->dln, g->out_w, g->out_b, s->dtmp, a->att, w->out_w, C, C);
+    nm_dense_backward_chunked(k, rb, s->dln, g->out_w, g->out_b, s->dtmp, a->att, w->out_w, C, C);
     nm_timer_lap(r->timers, NM_T_ATTN_PROJ, &t0);
     t0 = nm_now();
     nm_attn_dropout ad = {r->p, nm_dropout_key(r->seed, r->step, NM_SITE_ATTN_W(l)), r->b_offset};
@@ -153,7 +155,7 @@ void nm_block_run_backward(const nm_block_run *r, nm_layer_acts *a, const nm_lay
     nm_timer_lap(r->timers, NM_T_ATTN_CORE, &t0);
     t0 = nm_now();
     memset(s->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(k, T, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, C, 3 * C);
+    nm_dense_backward_chunked(k, rb, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, C, 3 * C);
     nm_timer_lap(r->timers, NM_T_ATTN_PROJ, &t0);
     t0 = nm_now();
     nm_layernorm_backward_chunked(k, dx, g->ln1_s, g->ln1_b, s->dln, a->x, w->ln1_s, a->ln1_mean, a->ln1_rstd, C);

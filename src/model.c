@@ -32,6 +32,7 @@ static nm_block_run block_run(nm_model *m, int B, int T, const nm_forward_opts *
                       .seed = (uint64_t)c->seed,
                       .step = o->step,
                       .b_offset = o->b_offset,
+                      .block_rows = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1),
                       .moe = moe_dims(m, B, T, o->b_global),
                       .dispatch = &m->dispatch,
                       .s = &m->acts.block,
@@ -279,7 +280,8 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     t0 = nm_now();
     nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
                          (float)c->layer_norm_eps);
-    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, B, T, C, V);
+    int rb = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1);
+    nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, (int)(N / rb), rb, C, V);
     if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
     nm_timer_lap(&m->timers, NM_T_HEAD, &t0);
 
@@ -290,6 +292,10 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     double ntok = (double)o->b_global * T;
     m->ce = y ? m->stats[0] / ntok : NAN;
     m->loss = m->ce + c->aux_loss_coeff * m->aux;
+}
+
+int nm_model_block_seqs(const nm_model *m, int B) {
+    return m->tree_reduce && m->grad_chunks >= 1 && B % m->grad_chunks == 0 ? B / m->grad_chunks : 1;
 }
 
 double nm_model_seq_aux(const nm_model *m, int b) {
@@ -326,7 +332,8 @@ void nm_model_backward(nm_model *m) {
     t0 = nm_now();
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
-    nm_dense_backward_chunked(&k, T, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
+    int rb = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1);
+    nm_dense_backward_chunked(&k, rb, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
     nm_layernorm_backward_chunked(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean,
                                   a->lnf_rstd, C);

@@ -108,7 +108,11 @@ nm_losses nm_train_step_on(nm_trainer *t, const int32_t *x, const int32_t *y) {
     const nm_config *c = &t->cfg;
     int T = c->block_size, B = t->b1 - t->b0;
     uint64_t step = (uint64_t)t->step + 1;
-    nm_forward_opts o = {.training = 1, .step = step, .b_offset = t->b0, .b_global = c->batch_size};
+    nm_forward_opts o = {.training = 1,
+                         .step = step,
+                         .b_offset = t->b0,
+                         .b_global = c->batch_size,
+                         .block_seqs = nm_model_block_seqs(m, B)};
     nm_model_forward(m, x, y, B, T, &o);
     nm_model_zero_grad(m);
     nm_model_backward(m);
@@ -140,7 +144,8 @@ nm_losses nm_evaluate(nm_trainer *t) {
         long g0 = (long)i * c->batch_size;
         nm_batch_sample(val, nval, T, (uint64_t)c->seed, NM_STREAM_EVAL, (uint64_t)t->step, (int)(g0 + t->b0),
                         (int)(g0 + t->b1), t->x, t->y);
-        nm_forward_opts o = {.training = 0, .step = 0, .b_offset = t->b0, .b_global = c->batch_size};
+        nm_forward_opts o = {
+            .training = 0, .step = 0, .b_offset = t->b0, .b_global = c->batch_size, .block_seqs = nm_model_block_seqs(m, B)};
         nm_model_forward(m, t->x, t->y, B, T, &o);
         sum.loss += m->loss;
         sum.ce += m->ce;

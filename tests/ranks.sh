@@ -21,7 +21,7 @@ run() { # run NP OUT [key=value...]
   local np=$1 out=$2
   shift 2
   "$mpiexec" -n "$np" --oversubscribe "$bin" train "$repo/configs/tiny.ini" data="$work/text.txt" out_dir="$work/$out" \
-    max_iters=30 log_interval=1 eval_interval=10 eval_iters=2 stats_interval=5 "$@" >"$work/$out.log" 2>&1 \
+    max_iters=30 log_interval=1 eval_interval=10 eval_iters=2 stats_interval=5 "${extra[@]}" "$@" >"$work/$out.log" 2>&1 \
     || { cat "$work/$out.log"; bad "$np ranks ($out) failed"; return 1; }
 }
 compare_losses() { # compare_losses A B TOL -> prints the worst relative difference
@@ -50,7 +50,13 @@ invariance() {
   done
 }
 
+extra=()
 invariance native
+# gradient slices of several sequences: the products then run on blocks of
+# one slice (4 sequences here) rather than of one sequence
+extra=(batch_size=16 grad_chunks=4)
+invariance slices4
+extra=()
 # kernels this CPU can run, from the widest down; each must really be the one in use
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 kernels=()

@@ -285,7 +285,7 @@ static void test_model(const char *label, double dropout, double aux_coeff, int 
         if (pi->init == NM_INIT_ZERO) fill_normal(w, pi->count, 0.0, 0.05);
         if (pi->init == NM_INIT_ONE) fill_normal(w, pi->count, 1.0, 0.1);
     }
-    model_ctx c = {&m, x, y, B, T, {training, step, b_offset, b_global}, NULL};
+    model_ctx c = {&m, x, y, B, T, {.training = training, .step = step, .b_offset = b_offset, .b_global = b_global}, NULL};
     model_obj(&c);
     double Ld = model_loss_d(&m, y);
     printf("  loss %.6f (ce %.6f, aux %.6f); recomputed in double %.8f\n", m.loss, m.ce, m.aux, Ld);

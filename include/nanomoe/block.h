@@ -33,6 +33,7 @@ typedef struct nm_block_scratch {
 /* Everything a block's pass needs besides activations and weights. */
 typedef struct nm_block_run {
     int B, T, C, H;
+    int block_rows;        /* rows of one fixed-shape product block: whole sequences (0 = T) */
     float eps;             /* LayerNorm epsilon */
     float p;               /* dropout probability (0 in eval) */
     uint64_t seed, step;   /* dropout stream */
@@ -66,9 +67,9 @@ static inline float *nm_chunk_ptr(const nm_grad_chunks *k, int ch, const float *
     return k->base ? k->dense[ch] + (g - k->base) : (float *)g;
 }
 
-/* y = x W + b backward: dinp over all rows, per sequence of T rows (+=,
+/* y = x W + b backward: dinp over all rows, in fixed blocks of rb rows (+=,
  * skipped if NULL); dW and db (+=, db skipped if NULL) per chunk. */
-void nm_dense_backward_chunked(const nm_grad_chunks *k, int T, float *dinp, const float *gW, const float *gb,
+void nm_dense_backward_chunked(const nm_grad_chunks *k, int rb, float *dinp, const float *gW, const float *gb,
                                const float *dout, const float *inp, const float *W, int Din, int Dout);
 /* LayerNorm backward: dinp over all rows (+=), ds and db per chunk. */
 void nm_layernorm_backward_chunked(const nm_grad_chunks *k, float *dinp, const float *gs, const float *gb,

@@ -10,13 +10,13 @@ void nm_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
              float beta, float *C, int ldc);
 
 /* C[B*T, N] = A[B*T, K] op(W) + beta * C (op = transpose when tw) for rows
- * that are B sequences of T tokens. Every sequence is computed by products of
- * one fixed shape (its T rows, cut into fixed pieces of at most
- * NM_GEMM_PIECE rows), spread over the threads. BLAS kernels give a row
- * results that depend on the shape of the call and the row's place in it
- * (FMA kernels handle the last rows of a call differently), so this is what
- * makes a token's result depend on its own sequence only: not on B, the
- * rank count or the thread count. */
+ * in B blocks of T rows (whole sequences: one, or a gradient slice). Every
+ * block is computed by products of one fixed shape (its T rows, cut into
+ * fixed pieces of at most NM_GEMM_PIECE rows), spread over the threads. BLAS
+ * kernels give a row results that depend on the shape of the call and the
+ * row's place in it (FMA kernels handle the last rows of a call
+ * differently), so this is what makes a token's result depend on its own
+ * block only: not on B, the rank count or the thread count. */
 void nm_gemm_seq(int tw, int B, int T, int N, int K, const float *A, int lda, const float *W, int ldw, float beta,
                  float *C, int ldc);
 #define NM_GEMM_PIECE 256

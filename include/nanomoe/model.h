@@ -33,6 +33,8 @@ typedef struct nm_forward_opts {
     uint64_t step;   /* selects the dropout masks */
     long b_offset;   /* global index of this rank's first sequence */
     long b_global;   /* sequences in the global batch (normalises CE and the aux statistics) */
+    int block_seqs;  /* sequences per fixed-shape product block (0 = 1); must divide B and be
+                        the same on every rank count that is to give the same bits */
 } nm_forward_opts;
 
 typedef struct nm_model {
@@ -92,6 +94,11 @@ void nm_model_free(nm_model *m);
 /* Forward on x[B, T] (B <= cap_B, T <= cap_T). With targets y, also the loss.
  * Router statistics are combined over the ranks of comm. */
 void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, int T, const nm_forward_opts *o);
+
+/* The product block of a training pass over B local sequences: one gradient
+ * chunk (the same number of sequences on every rank count that follows the
+ * fixed tree), else one sequence. Larger blocks keep the products fast. */
+int nm_model_block_seqs(const nm_model *m, int B);
 
 /* Aux loss of one local sequence of the last forward, as if it were its own batch. */
 double nm_model_seq_aux(const nm_model *m, int b);

@@ -21,9 +21,9 @@ void nm_layernorm_backward(float *dinp, float *ds, float *db, const float *dout,
                            const float *mean, const float *rstd, int N, int C);
 
 /* out[N, Dout] = inp[N, Din] @ W[Din, Dout] + b[Dout] (b may be NULL), for
- * N = B * T rows that are B sequences of T tokens: each sequence is computed
- * by products of the same shape, so a row's result does not depend on B (nor
- * on the rank or thread count); see nm_gemm_seq. */
+ * N = B * T rows in B blocks of T rows (whole sequences): each block is
+ * computed by products of the same shape, so a row's result does not depend
+ * on B (nor on the rank or thread count); see nm_gemm_seq. */
 void nm_dense_forward(float *out, const float *inp, const float *W, const float *b, int B, int T, int Din, int Dout);
 /* dinp[N, Din] += dout @ W^T per sequence as in forward (skipped if dinp NULL);
  * dW[Din, Dout] += inp^T @ dout over all N rows (skipped if NULL); db[Dout] +=
