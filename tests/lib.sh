@@ -20,3 +20,10 @@ nm_test_workdir() {
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 }
+
+# nm_slurm_conf_common: the slurm.conf lines the Slurm tests share (no cgroups,
+# no task binding, whole CPUs, requeue allowed)
+nm_slurm_conf_common() {
+  printf '%s\n' ProctrackType=proctrack/linuxproc TaskPlugin=task/none MpiDefault=none ReturnToService=2 \
+    SchedulerType=sched/builtin SelectType=select/cons_tres SelectTypeParameters=CR_CPU JobRequeue=1
+}

@@ -40,14 +40,7 @@ SlurmdSpoolDir=$work/spool
 StateSaveLocation=$work/state
 SlurmctldLogFile=$work/slurmctld.log
 SlurmdLogFile=$work/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobRequeue=1
+$(nm_slurm_conf_common)
 NodeName=localhost NodeHostname=localhost CPUs=2 State=UNKNOWN
 PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF

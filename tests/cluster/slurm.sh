@@ -61,14 +61,7 @@ SlurmdSpoolDir=$work/spool-%n
 SlurmdLogFile=$work/slurmd-%n.log
 TmpFS=$work/tmpfs
 MailProg=/bin/true
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobRequeue=1
+$(nm_slurm_conf_common)
 NodeName=nmh1 NodeAddr=198.18.0.11 CPUs=2 State=UNKNOWN
 NodeName=nmh2 NodeAddr=198.18.0.12 CPUs=2 State=UNKNOWN
 PartitionName=test Nodes=nmh1,nmh2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
