@@ -21,9 +21,11 @@ nm_test_workdir() {
   trap 'rm -rf "$work"' EXIT
 }
 
-# nm_slurm_conf_common: the slurm.conf lines the Slurm tests share (no cgroups,
-# no task binding, whole CPUs, requeue allowed)
+# nm_slurm_conf_common: the slurm.conf lines the Slurm tests share (no
+# authentication, root daemons, no cgroups, no task binding, whole CPUs,
+# requeue allowed)
 nm_slurm_conf_common() {
-  printf '%s\n' ProctrackType=proctrack/linuxproc TaskPlugin=task/none MpiDefault=none ReturnToService=2 \
+  printf '%s\n' AuthType=auth/none CredType=cred/none SlurmUser=root SlurmdUser=root \
+    ProctrackType=proctrack/linuxproc TaskPlugin=task/none MpiDefault=none ReturnToService=2 \
     SchedulerType=sched/builtin SelectType=select/cons_tres SelectTypeParameters=CR_CPU JobRequeue=1
 }

@@ -28,10 +28,6 @@ port=$((20000 + RANDOM % 20000))
 cat >"$work/slurm.conf" <<CONF
 ClusterName=nanomoe-test
 SlurmctldHost=localhost
-AuthType=auth/none
-CredType=cred/none
-SlurmUser=root
-SlurmdUser=root
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SlurmctldPidFile=$work/slurmctld.pid

@@ -46,10 +46,6 @@ port=$((20000 + RANDOM % 20000))
 cat >"$work/slurm.conf" <<CONF
 ClusterName=nmcluster
 SlurmctldHost=nmh1(198.18.0.11)
-AuthType=auth/none
-CredType=cred/none
-SlurmUser=root
-SlurmdUser=root
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SrunPortRange=$((port + 2))-$((port + 200))
