@@ -469,6 +469,23 @@ expect_fail "no command" \
     "usage: nanomoe <command>" -- \
     "$BIN"
 
+# ---------------------------------------------------------------- token shards
+# one written as llm.c's write_datafile does, and a truncated copy
+$PY - "$W/shard.bin" <<'EOF2'
+import numpy as np, sys
+h = np.zeros(256, dtype=np.int32); h[0], h[1], h[2] = 20240520, 1, 1000
+with open(sys.argv[1], "wb") as f:
+    f.write(h.tobytes()); f.write((np.arange(1000) * 37 % 50257).astype(np.uint16).tobytes())
+EOF2
+head -c 1500 "$W/shard.bin" >"$W/short.bin"
+run "$BIN" inspect "$W/shard.bin"
+if [ "$RC" -eq 0 ] && grep -q "uint16 tokens" "$W/logs/stdout" && grep -q "tokens: 1000 " "$W/logs/stdout" \
+    && grep -q "ids: 0 .. 36963" "$W/logs/stdout"; then report "inspect describes a token shard"
+else report "inspect describes a token shard" "unexpected output: $(tr '\n' ' ' <"$W/logs/stdout")"; fi
+expect_fail "inspect: truncated token shard" \
+    "short.bin" "promises 1000 tokens" -- \
+    "$BIN" inspect "$W/short.bin"
+
 # ---------------------------------------------------------------- summary
 
 echo "# $((PASS + FAIL)) cases: $PASS passed, $FAIL failed"

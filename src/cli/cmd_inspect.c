@@ -9,17 +9,19 @@
 
 #include "cli.h"
 #include "nanomoe/runstats.h"
+#include "nanomoe/shards.h"
 #include "nanomoe/h5util.h"
 #include "nanomoe/timers.h"
 
 static void help(void) {
-    printf("usage: nanomoe inspect FILE.h5\n"
+    printf("usage: nanomoe inspect FILE (a checkpoint, a run.h5 or a token shard)\n"
            "\n"
            "For a checkpoint: format, step, config, parameter counts (dense / experts, total and\n"
            "active per token), per-layer expert weight norms, and a validation of the whole schema\n"
            "(every dataset present with the shape /config implies, float32, finite values).\n"
            "For a run.h5: the steps it covers, the final losses, and per layer a routing table\n"
            "(share of token copies per expert, first choices, dropped copies, router entropy).\n"
+           "For a token shard (llm.c format, .bin): the header, the token count and the range of ids.\n"
            "Exit status 1 when the file is not valid. Runs without mpirun on files from any rank count.\n"
            "\n"
            "options:\n"
@@ -209,6 +211,44 @@ static int inspect_run(const char *path, hid_t f) {
     return 0;
 }
 
+/* A token shard: its header and the range of its ids (one pass over it). */
+static int inspect_shard(const char *path) {
+    nm_shard_info info;
+    nm_error err;
+    if (nm_shard_header(path, &info, &err) != 0) return cli_error(&err);
+    nm_shards s;
+    if (nm_shards_open(&s, path, &err) != 0) return cli_error(&err);
+    int32_t buf[65536], lo = INT32_MAX, hi = -1;
+    for (uint64_t pos = 0; pos < s.tokens; pos += 65536) {
+        size_t n = s.tokens - pos < 65536 ? (size_t)(s.tokens - pos) : 65536;
+        if (nm_shards_read(&s, pos, n, buf, 0, &err) != 0) {
+            nm_shards_close(&s);
+            return cli_error(&err);
+        }
+        for (size_t i = 0; i < n; i++) {
+            lo = buf[i] < lo ? buf[i] : lo;
+            hi = buf[i] > hi ? buf[i] : hi;
+        }
+    }
+    nm_shards_close(&s);
+    printf("token shard %s\n", path);
+    printf("  header: magic %d, version %d: uint%d tokens (llm.c format)\n", info.magic, info.version, 8 * info.width);
+    printf("  tokens: %llu (%llu bytes with the 1024-byte header)\n", (unsigned long long)info.tokens,
+           (unsigned long long)info.file_bytes);
+    if (info.tokens) printf("  ids: %d .. %d (vocab_size must be > %d)\n", lo, hi, hi);
+    printf("  header checksum: %016llx\n", (unsigned long long)info.header_hash);
+    return 0;
+}
+
+/* Does the file begin with a shard magic? */
+static int looks_like_shard(const char *path) {
+    FILE *f = fopen(path, "rb");
+    int32_t magic = 0;
+    int ok = f && fread(&magic, sizeof magic, 1, f) == 1;
+    if (f) fclose(f);
+    return ok && (magic == NM_SHARD_MAGIC_U16 || magic == NM_SHARD_MAGIC_U32);
+}
+
 int cmd_inspect(int argc, char **argv) {
     static const struct option opts[] = {{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
@@ -226,7 +266,8 @@ int cmd_inspect(int argc, char **argv) {
     FILE *probe = fopen(path, "rb");
     if (!probe) return cli_errorf("cannot read '%s'", path);
     fclose(probe);
-    if (H5Fis_hdf5(path) <= 0) return cli_errorf("'%s' is not an HDF5 file", path);
+    if (looks_like_shard(path)) return inspect_shard(path);
+    if (H5Fis_hdf5(path) <= 0) return cli_errorf("'%s' is neither an HDF5 file nor a token shard", path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return cli_errorf("cannot open '%s': the HDF5 file is truncated or corrupt", path);
     char fmt[64] = "";
