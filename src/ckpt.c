@@ -303,11 +303,7 @@ static void header_identity(const nm_config *cfg, const nm_vocab *vocab, const n
     size_t o = (size_t)snprintf(out, cap, "step=%lld\ntokens_seen=%lld\nrun_id=%s\noptimizer_step=%lld\n",
                                 (long long)meta->step, (long long)meta->tokens_seen, meta->run_id,
                                 (long long)(meta->has_optimizer ? meta->optimizer_step : -1));
-    for (int i = 0; i < nm_config_nkeys() && o < cap; i++) {
-        char v[NM_PATH_MAX];
-        nm_config_format(cfg, nm_config_key_at(i), v, sizeof v);
-        o += (size_t)snprintf(out + o, cap - o, "%s=%s\n", nm_config_key_at(i)->name, v);
-    }
+    if (o < cap) o += nm_config_lines(cfg, out + o, cap - o);
     if (o < cap)
         snprintf(out + o, cap - o, "vocab=%016llx\n",
                  (unsigned long long)nm_hash64(vocab->bytes, (size_t)vocab->size, 0));

@@ -282,6 +282,18 @@ void nm_config_format(const nm_config *c, const nm_config_key *k, char *buf, siz
     else snprintf(buf, n, "%s", p);
 }
 
+size_t nm_config_lines(const nm_config *c, char *out, size_t cap) {
+    size_t o = 0;
+    if (cap) out[0] = '\0';
+    for (int i = 0; i < NKEYS && o < cap; i++) {
+        char v[NM_PATH_MAX];
+        nm_config_format(c, &KEYS[i], v, sizeof v);
+        int n = snprintf(out + o, cap - o, "%s=%s\n", KEYS[i].name, v);
+        o = n < 0 ? o : (o + (size_t)n < cap ? o + (size_t)n : cap - 1);
+    }
+    return o;
+}
+
 void nm_config_print(const nm_config *c, void *file) {
     FILE *f = file;
     const char *sections[] = {"model", "training", "run"};

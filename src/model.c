@@ -20,6 +20,11 @@ static nm_moe_dims moe_dims(const nm_model *m, int B, int T, long b_global) {
     return d;
 }
 
+/* Rows of one fixed-shape product block of a pass (see nm_forward_opts). */
+static int block_rows(int B, int T, const nm_forward_opts *o) {
+    return T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1);
+}
+
 /* The per-block settings of a pass over B x T tokens. */
 static nm_block_run block_run(nm_model *m, int B, int T, const nm_forward_opts *o) {
     const nm_config *c = &m->cfg;
@@ -32,7 +37,7 @@ static nm_block_run block_run(nm_model *m, int B, int T, const nm_forward_opts *
                       .seed = (uint64_t)c->seed,
                       .step = o->step,
                       .b_offset = o->b_offset,
-                      .block_rows = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1),
+                      .block_rows = block_rows(B, T, o),
                       .moe = moe_dims(m, B, T, o->b_global),
                       .dispatch = &m->dispatch,
                       .s = &m->acts.block,
@@ -280,7 +285,7 @@ void nm_model_forward(nm_model *m, const int32_t *x, const int32_t *y, int B, in
     t0 = nm_now();
     nm_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->x_final, m->p.lnf_s, m->p.lnf_b, (int)N, C,
                          (float)c->layer_norm_eps);
-    int rb = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1);
+    int rb = block_rows(B, T, o);
     nm_dense_forward(a->logits, a->lnf, m->p.head_w, m->p.head_b, (int)(N / rb), rb, C, V);
     if (y) nm_crossentropy_forward(a->losses, a->logits, y, (int)N, V);
     nm_timer_lap(&m->timers, NM_T_HEAD, &t0);
@@ -332,7 +337,7 @@ void nm_model_backward(nm_model *m) {
     t0 = nm_now();
     nm_crossentropy_backward(a->dlogits, a->logits, a->targets, (int)N, V, (float)(1.0 / ((double)o->b_global * T)));
     memset(a->dln, 0, sizeof(float) * NC);
-    int rb = T * (o->block_seqs > 1 && B % o->block_seqs == 0 ? o->block_seqs : 1);
+    int rb = block_rows(B, T, o);
     nm_dense_backward_chunked(&k, rb, a->dln, g->head_w, g->head_b, a->dlogits, a->lnf, w->head_w, C, V);
     memset(a->dx, 0, sizeof(float) * NC);
     nm_layernorm_backward_chunked(&k, a->dx, g->lnf_s, g->lnf_b, a->dln, a->x_final, w->lnf_s, a->lnf_mean,

@@ -35,17 +35,6 @@ static int make_dirs(const char *path, nm_error *err) {
     return 0;
 }
 
-/* Every key with its value as given, one "key=value" line each. */
-static void config_text(const nm_config *cfg, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = '\0';
-    for (int i = 0; i < nm_config_nkeys() && o < cap; i++) {
-        char v[NM_PATH_MAX];
-        nm_config_format(cfg, nm_config_key_at(i), v, sizeof v);
-        o += (size_t)snprintf(out + o, cap - o, "%s=%s\n", nm_config_key_at(i)->name, v);
-    }
-}
-
 /* Setup that can fail on bad input. Every check that one rank can fail is
  * agreed before the next collective call, and the configuration and the data
  * must be rank 0's: an MPMD launch or a node with another copy of a file is
@@ -58,7 +47,7 @@ static int prepare(int force, nm_config *cfg, nm_dataset *data, nm_error *err) {
                           "resume=%s", cfg->resume) == 0;
     if (!nm_agree(MPI_COMM_WORLD, ok, err)) return -1;
     char *text = nm_malloc(64 * 1024);
-    config_text(cfg, text, 64 * 1024);
+    nm_config_lines(cfg, text, 64 * 1024);
     ok = nm_agree_same(MPI_COMM_WORLD, 1, "the configuration", text, err);
     free(text);
     if (!ok) return -1;

@@ -74,6 +74,10 @@ int nm_config_validate(const nm_config *cfg, nm_error *err);
 /* Formats a key's value as text (round-trips through nm_config_set). */
 void nm_config_format(const nm_config *cfg, const nm_config_key *key, char *buf, size_t n);
 
+/* Every key with its formatted value, one "key=value" line each, into out
+ * (cap bytes, NUL-terminated); returns the length written. */
+size_t nm_config_lines(const nm_config *cfg, char *out, size_t cap);
+
 /* Numeric value of an int or float key. */
 double nm_config_number(const nm_config *cfg, const nm_config_key *key);
 
