@@ -1,4 +1,4 @@
-/* nanomoe inspect FILE.h5: what a checkpoint or a run.h5 holds, and whether
+/* nanomoe inspect FILE: what a checkpoint, a run.h5 or a token shard holds, and whether
  * it is valid. Reads with one process, whatever rank count wrote the file. */
 #include <getopt.h>
 #include <hdf5.h>
@@ -259,7 +259,7 @@ int cmd_inspect(int argc, char **argv) {
         }
         return cli_errorf("see 'nanomoe inspect --help'");
     }
-    if (argc - optind != 1) return cli_errorf("expected one file (usage: nanomoe inspect FILE.h5)");
+    if (argc - optind != 1) return cli_errorf("expected one file (usage: nanomoe inspect FILE)");
     if (nm_world_rank() != 0) return 0; /* one reader is enough */
     const char *path = argv[optind];
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

@@ -18,7 +18,7 @@ static void usage(FILE *f) {
             "  eval CKPT [--data PATH]        deterministic loss of a checkpoint on the whole validation split\n"
             "  sample CKPT [--prompt TEXT]    generate text (KV cache), streamed to stdout\n"
             "  bench [CONFIG]                 measure training throughput, FLOP rate and sgemm rate\n"
-            "  inspect FILE.h5                describe and validate a checkpoint or a run.h5\n"
+            "  inspect FILE                   describe and validate a checkpoint, a run.h5 or a token shard\n"
             "\n"
             "'nanomoe <command> --help' describes each command's options.\n"
             "Run under mpirun/srun for several ranks; without a launcher it runs as one rank.\n"
